@@ -1,1 +1,51 @@
-"""lorakit."""
+"""lorakit: LoRA adapters for any PyTorch model, in PEFT's file format.
+
+    import lorakit
+    cfg = lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear")
+    lorakit.add_adapter(model, cfg)            # in place
+    ...train...
+    lorakit.save_adapter(model, "out/")        # adapter_config.json + adapter_model.safetensors
+"""
+
+from lorakit.adapters import (
+    adapter_per_row,
+    disabled,
+    merge,
+    print_trainable_parameters,
+    set_adapter,
+    trainable_parameters,
+    unmerge,
+)
+from lorakit.config import LoraConfig
+from lorakit.inject import (
+    active_adapters,
+    adapter_configs,
+    add_adapter,
+    delete_adapter,
+    merge_and_unload,
+    unload,
+)
+from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LoraConfig",
+    "active_adapters",
+    "adapter_configs",
+    "adapter_per_row",
+    "adapter_state_dict",
+    "add_adapter",
+    "delete_adapter",
+    "disabled",
+    "hotswap",
+    "load_adapter",
+    "merge",
+    "merge_and_unload",
+    "print_trainable_parameters",
+    "save_adapter",
+    "set_adapter",
+    "trainable_parameters",
+    "unload",
+    "unmerge",
+]

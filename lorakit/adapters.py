@@ -1,0 +1,116 @@
+"""Which adapters run: activate, disable, mix per row, merge and unmerge (all explicit calls)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from lorakit.inject import adapted_modules, adapter_configs, update_trainable
+from lorakit.layers import LoraLayer, RowAdapters
+
+
+def _check_names(model: nn.Module, names: list[str]) -> None:
+    configs = adapter_configs(model)
+    for name in names:
+        if name not in configs:
+            raise KeyError(f"no adapter {name!r}; adapters: {list(configs)}")
+
+
+def set_adapter(model: nn.Module, names: str | list[str]) -> None:
+    """Make ``names`` (one name or a list, all summed) the active adapters, and trainable."""
+    names = [names] if isinstance(names, str) else list(names)
+    _check_names(model, names)
+    for _, module in adapted_modules(model):
+        module.active_adapters = list(names)
+    update_trainable(model)
+
+
+def _lora_layers(model: nn.Module) -> list[LoraLayer]:
+    return [m for _, m in adapted_modules(model) if isinstance(m, LoraLayer)]
+
+
+@contextmanager
+def disabled(model: nn.Module):
+    """Run the base model: adapters are bypassed inside the block (merged ones are unmerged on
+    entry and merged again on exit)."""
+    modules = [m for _, m in adapted_modules(model)]
+    remerge = [(m, list(m.merged_adapters)) for m in _lora_layers(model) if m.merged_adapters]
+    for m, _ in remerge:
+        m.unmerge()
+    for m in modules:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.disabled = False
+        for m, names in remerge:
+            m.merge(names)
+
+
+@contextmanager
+def adapter_per_row(model: nn.Module, names: list[str | None]):
+    """One forward computes row ``b`` of the batch with adapter ``names[b]`` (None: base).
+
+    Every layer does the base matmul once for the whole batch and the LoRA part through
+    stacked, rank-padded factors of the adapters present (``ops.lora_rows``). Inference only:
+    dropout is not applied. Adapters must be unmerged.
+    """
+    _check_names(model, [n for n in names if n is not None])
+    layers = _lora_layers(model)
+    if any(layer.merged_adapters for layer in layers):
+        raise ValueError("adapter_per_row needs unmerged adapters; call lorakit.unmerge(model) first")
+    slots = list(dict.fromkeys(n for n in names if n is not None))
+    for layer in layers:
+        for name in slots:
+            if name in layer.variants and not layer.variants[name].supports_rows:
+                raise ValueError(f"adapter {name!r} ({layer.variants[name].name}) cannot run in a mixed batch")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    slot = torch.tensor([slots.index(n) if n is not None else -1 for n in names], device=device)
+    plan = RowAdapters(slot=slot, names=slots)
+    modules = [m for _, m in adapted_modules(model)]
+    for m in modules:
+        m.rows = plan
+    try:
+        yield model
+    finally:
+        for m in modules:
+            m.rows = None
+
+
+def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool = False) -> None:
+    """Fold the given (default: active) adapters into the base weights. Idempotent; with
+    ``safe=True`` a NaN/inf result raises and every layer is left as it was."""
+    layers = _lora_layers(model)
+    if adapter_names is None:
+        adapter_names = next((list(m.active_adapters) for m in layers), [])
+    _check_names(model, adapter_names)
+    before = [len(m.merged_adapters) for m in layers]
+    try:
+        for m in layers:
+            m.merge(adapter_names, safe=safe)
+    except Exception:
+        for m, keep in zip(layers, before):
+            m.unmerge(keep)
+        raise
+
+
+def unmerge(model: nn.Module) -> None:
+    """Subtract every merged adapter again (reverse order)."""
+    for m in _lora_layers(model):
+        m.unmerge()
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    trainable, total = trainable_parameters(model)
+    print(f"trainable params: {trainable:,} || all params: {total:,} || "
+          f"trainable%: {100 * trainable / max(total, 1):.4f}")

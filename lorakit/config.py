@@ -1,0 +1,169 @@
+"""LoraConfig: PEFT's field names and semantics, typed and validated once at construction.
+
+``to_peft_dict`` / ``from_peft_dict`` read and write ``adapter_config.json``. A reader drops keys
+it does not know with a warning (newer PEFT versions add keys) and refuses, by name, known PEFT
+features that lorakit does not implement when a file switches them on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+CONFIG_NAME = "adapter_config.json"
+BIAS_MODES = ("none", "all", "lora_only")
+
+# init_lora_weights values handled by the core; variants register more (see lorakit.inits).
+_CORE_INITS = (True, False, "gaussian")
+
+# PEFT keys that lorakit understands but does not implement: a file that switches one on is
+# refused by name instead of being loaded into a model that would compute something else.
+_UNSUPPORTED_WHEN_SET = (
+    "layer_replication",
+    "megatron_config",
+    "use_qalora",
+    "trainable_token_indices",
+    "target_parameters",
+    "alora_invocation_tokens",
+    "lora_ga_config",
+    "corda_config",
+    "eva_config",
+    "use_bdlora",
+    "arrow_config",
+)
+
+StrList = Union[list[str], str, None]
+
+
+@dataclass
+class LoraConfig:
+    """Configuration of one LoRA adapter (PEFT ``LoraConfig`` semantics).
+
+    ``target_modules``: a list matches a module whose full name equals an entry or ends with
+    ``"." + entry``; a string is a regex that must ``re.fullmatch`` the full module name;
+    ``"all-linear"`` takes every linear layer except the output head; ``None`` uses the
+    per-architecture default (q/v projections for Llama-style models).
+    Scaling is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``).
+    """
+
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: StrList = None
+    exclude_modules: StrList = None
+    layers_to_transform: Union[list[int], int, None] = None
+    layers_pattern: StrList = None
+    bias: str = "none"
+    lora_bias: bool = False
+    modules_to_save: Union[list[str], None] = None
+    fan_in_fan_out: bool = False
+    init_lora_weights: Union[bool, str] = True
+    use_rslora: bool = False
+    use_dora: bool = False
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+    task_type: Union[str, None] = None
+    base_model_name_or_path: Union[str, None] = None
+    inference_mode: bool = False
+    peft_type: str = "LORA"
+
+    def __post_init__(self) -> None:
+        from lorakit.inits import is_known_init
+
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if isinstance(self.exclude_modules, (set, tuple)):
+            self.exclude_modules = sorted(self.exclude_modules)
+        if isinstance(self.modules_to_save, (set, tuple)):
+            self.modules_to_save = list(self.modules_to_save)
+        if isinstance(self.layers_to_transform, int):
+            self.layers_to_transform = [self.layers_to_transform]
+        _check(isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0,
+               f"r must be a positive integer, got {self.r!r}")
+        _check(isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0,
+               f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
+        _check(0.0 <= float(self.lora_dropout) < 1.0,
+               f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        _check(self.bias in BIAS_MODES, f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
+        _check(is_known_init(self.init_lora_weights),
+               f"unknown init_lora_weights {self.init_lora_weights!r}")
+        _check(self.peft_type == "LORA", f"peft_type must be 'LORA', got {self.peft_type!r}")
+        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
+            _check_regex("target_modules", self.target_modules)
+        for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
+            for key, value in pattern.items():
+                _check_regex(f"{name} key", key)
+                _check(isinstance(value, (int, float)) and value > 0,
+                       f"{name}[{key!r}] must be a positive number, got {value!r}")
+
+    def rank_for(self, module_name: str) -> int:
+        return int(_pattern_value(self.rank_pattern, module_name, self.r))
+
+    def alpha_for(self, module_name: str) -> float:
+        return float(_pattern_value(self.alpha_pattern, module_name, self.lora_alpha))
+
+    def scaling_for(self, module_name: str) -> float:
+        r, alpha = self.rank_for(module_name), self.alpha_for(module_name)
+        return alpha / (r ** 0.5) if self.use_rslora else alpha / r
+
+    # ---- adapter_config.json -------------------------------------------------------------
+    def to_peft_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inference_mode"] = True
+        return d
+
+    @classmethod
+    def from_peft_dict(cls, d: dict[str, Any], source: str = "adapter config") -> "LoraConfig":
+        if d.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"{source}: peft_type {d.get('peft_type')!r} is not a LoRA adapter")
+        for key in _UNSUPPORTED_WHEN_SET:
+            if d.get(key):
+                raise ValueError(f"{source}: unsupported PEFT feature {key}={d[key]!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in d if k not in known and k not in _UNSUPPORTED_WHEN_SET)
+        if unknown:
+            warnings.warn(f"{source}: ignoring unknown keys {unknown}", stacklevel=2)
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["rank_pattern"] = kwargs.get("rank_pattern") or {}
+        kwargs["alpha_pattern"] = kwargs.get("alpha_pattern") or {}
+        return cls(**kwargs)
+
+    def save(self, directory: str | Path) -> None:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps(self.to_peft_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "LoraConfig":
+        path = Path(directory) / CONFIG_NAME
+        if not path.exists():
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_peft_dict(data, source=str(path))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"LoraConfig: {message}")
+
+
+def _check_regex(what: str, pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"LoraConfig: {what} {pattern!r} is not a valid regex ({err})") from None
+
+
+def _pattern_value(pattern: dict, module_name: str, default):
+    """PEFT's rule: the first key with ``re.match(rf"(.*\\.)?({key})$", module_name)`` wins."""
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return value
+    return default

@@ -37,6 +37,14 @@ _UNSUPPORTED_WHEN_SET = (
     "arrow_config",
 )
 
+# PEFT keys that carry no meaning for a LoRA forward here (bookkeeping, or settings that only
+# matter together with a switch refused above): read silently.
+_INFORMATIONAL = (
+    "auto_mapping", "peft_version", "revision", "megatron_core", "qalora_group_size",
+    "loftq_config", "runtime_config", "ensure_weight_tying", "kasa_config", "monteclora_config",
+    "velora_config",
+)
+
 StrList = Union[list[str], str, None]
 
 
@@ -125,7 +133,8 @@ class LoraConfig:
             if d.get(key):
                 raise ValueError(f"{source}: unsupported PEFT feature {key}={d[key]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if k not in known and k not in _UNSUPPORTED_WHEN_SET)
+        unknown = sorted(k for k in d if k not in known and k not in _UNSUPPORTED_WHEN_SET
+                         and not (k in _INFORMATIONAL and not _switches_on(k, d[k])))
         if unknown:
             warnings.warn(f"{source}: ignoring unknown keys {unknown}", stacklevel=2)
         kwargs = {k: v for k, v in d.items() if k in known}
@@ -147,6 +156,11 @@ class LoraConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
         return cls.from_peft_dict(data, source=str(path))
+
+
+def _switches_on(key: str, value) -> bool:
+    # Settings PEFT writes with a truthy default although they change nothing by themselves.
+    return key in ("kasa_config", "monteclora_config", "velora_config") and bool(value)
 
 
 def _check(ok: bool, message: str) -> None:

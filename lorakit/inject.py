@@ -40,14 +40,16 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
-def _modules_to_save_names(model: nn.Module, keys: list[str]) -> list[str]:
+def _modules_to_save_names(model: nn.Module, keys: list[str], strict: bool) -> list[str]:
+    """Outermost modules named by ``keys``. Loading (``strict=False``) skips entries that match
+    nothing: PEFT writes its task defaults (``classifier``, ``score``) for every model."""
     found = []
     for key in keys:
         hits = [n for n, m in model.named_modules() if n and (n == key or n.endswith("." + key))
                 and not isinstance(m, LoraLayer) and ".modules_to_save." not in n
                 and ".original_module" not in n]
         hits = [n for n in hits if not any(n.startswith(h + ".") for h in hits)]  # outermost only
-        if not hits:
+        if not hits and strict:
             raise ValueError(f"modules_to_save entry {key!r} matched no module")
         found += hits
     return found
@@ -71,7 +73,7 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
     if name in configs:
         raise ValueError(f"adapter {name!r} already exists; existing adapters: {list(configs)}")
     targets = find_targets(model, config, strict=strict)
-    saved = _modules_to_save_names(model, config.modules_to_save or [])
+    saved = _modules_to_save_names(model, config.modules_to_save or [], strict)
     try:
         for module_name in targets:
             module = model.get_submodule(module_name)

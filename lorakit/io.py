@@ -18,7 +18,7 @@ from torch import nn
 
 from lorakit.config import LoraConfig
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
-from lorakit.layers import LoraLayer
+from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -111,8 +111,25 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     return model
 
 
+def _optional_keys(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
+    """Keys PEFT writes beyond the adapter itself, which load when present: the full base
+    weight of adapted embedding layers (``save_embedding_layers``, for resized vocabularies)
+    and, with ``bias="all"``, the biases of a ``modules_to_save`` wrapper's two modules."""
+    out = {}
+    for module_name, module in adapted_modules(model):
+        if isinstance(module, LoraEmbedding):
+            out[f"{PREFIX}{module_name}.base_layer.weight"] = module.base_layer.weight
+        if isinstance(module, ModulesToSave) and name in module.modules_to_save:
+            for sub, mod in (("original_module", module.original_module),
+                             ("modules_to_save", module.modules_to_save[name])):
+                for pname, p in mod.named_parameters():
+                    out[f"{PREFIX}{module_name}.{sub}.{pname}"] = p
+    return out
+
+
 def _assign(model: nn.Module, name: str, tensors: dict, source: Path) -> None:
-    expected = adapter_state_dict(model, name)
+    optional = _optional_keys(model, name)
+    expected = {**adapter_state_dict(model, name), **{k: p for k, p in optional.items() if k in tensors}}
     for key, param in expected.items():
         if key not in tensors:
             raise ValueError(f"{source}: missing tensor {key}")

@@ -53,11 +53,19 @@ class LoraLinear(LoraLayer):
     def add_to_base(self, delta, adapter, safe, sign: float = 1.0) -> None:
         super().add_to_base(delta, adapter, safe, sign)
         bias = self.lora_B[adapter].bias
-        if bias is not None:  # lora_bias: B's bias (times s) folds into the base bias
-            base = self.base_layer
-            if base.bias is None:
-                base.bias = nn.Parameter(torch.zeros_like(bias, dtype=base.weight.dtype), requires_grad=False)
-            base.bias.data += sign * (bias.detach() * self.scaling[adapter]).to(base.bias.dtype)
+        if bias is None:
+            return
+        # lora_bias: B's bias (times s) folds into the base bias; a base without a bias gets
+        # one for as long as such an adapter is merged.
+        base = self.base_layer
+        if base.bias is None:
+            base.bias = nn.Parameter(torch.zeros_like(bias, dtype=base.weight.dtype), requires_grad=False)
+            self._created_bias = True
+        base.bias.data += sign * (bias.detach() * self.scaling[adapter]).to(base.bias.dtype)
+        still_merged = [a for a in self.merged_adapters if a != adapter and self.lora_B[a].bias is not None]
+        if sign < 0 and getattr(self, "_created_bias", False) and not still_merged:
+            base.bias = None
+            self._created_bias = False
 
     def row_delta(self, x, a_stack, b_stack, scale, slot) -> torch.Tensor:
         return ops.lora_rows(x, a_stack, b_stack, scale, slot)

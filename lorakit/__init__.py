@@ -26,6 +26,8 @@ from lorakit.inject import (
     unload,
 )
 from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
+# Registered variants and inits: importing them adds their entries to the tables.
+from lorakit.variants import dora as _dora  # noqa: F401
 
 __version__ = "0.1.0"
 

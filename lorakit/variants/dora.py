@@ -1,0 +1,141 @@
+"""DoRA (Liu et al., 2024): weight-decomposed LoRA, registered as a variant (``use_dora=True``).
+
+A learnable magnitude ``m`` (one entry per output row, PEFT key ``lora_magnitude_vector``)
+rescales the direction of the adapted weight:
+
+    W' = (m / ||W + s*B@A||_row) * (W + s*B@A)          y = W' x + bias
+
+The row norm is treated as a constant (detached), as in the paper's section 4.3 and PEFT. The
+forward never forms ``W + s*B@A``: with ``g = m / norm``,
+
+    y = bias + g * (W x + s * B(A x))
+
+which reuses the base layer's output ``W x`` and saves one ``[tokens, out]`` activation for
+the backward (``W x + s*B A x``; PEFT saves two). The norm comes from ``dora_row_norm``, which
+expands the square instead of materialising the ``out x in`` sum (see its docstring).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lorakit import ops
+from lorakit.variants import Variant, register_variant
+
+
+def dora_row_norm(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float,
+                  fan_in_fan_out: bool = False) -> torch.Tensor:
+    """``||W + s*B@A||_2`` per output row, fp32 ``[out]``, detached.
+
+    Reference: ``torch.linalg.norm(W + s * B @ A, dim=1)``. Computed as
+
+        ||W_i||^2 + 2s * sum_k B_ik (W A^T)_ik + s^2 * sum_k B_ik (B (A A^T))_ik
+
+    so the cost is one ``[out, in] x [in, r]`` product and ``r x r`` work, with no ``out x in``
+    temporary. ``weight`` is ``[out, in]`` (``[in, out]`` with ``fan_in_fan_out``); A ``[r, in]``,
+    B ``[out, r]``. ``W A^T`` is computed in the weight's dtype (no fp32 copy of W); the rest
+    in fp32.
+    """
+    with torch.no_grad():
+        a_low = A.detach().to(weight.dtype)
+        wa = (a_low @ weight).T if fan_in_fan_out else F.linear(a_low, weight).T  # [out, r]
+        w_sq = torch.linalg.vector_norm(weight, dim=0 if fan_in_fan_out else 1, dtype=torch.float32) ** 2
+        a, b = A.detach().float(), B.detach().float()
+        cross = (b * wa.float()).sum(1)
+        ba_sq = ((b @ (a @ a.T)) * b).sum(1)
+        return (w_sq + (2.0 * scaling) * cross + (scaling * scaling) * ba_sq).clamp_min(0.0).sqrt()
+
+
+def _weight(layer) -> torch.Tensor:
+    """The base weight as a float tensor (a 4-bit base is dequantized)."""
+    base = layer.base_layer
+    return base.dequantize() if hasattr(base, "dequantize") else base.weight
+
+
+def _rows(factor: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    """``[out]`` -> broadcastable over the stored weight (rows, or columns for Conv1D)."""
+    return factor.view(1, -1) if fan_in_fan_out else factor.view(-1, 1)
+
+
+def _is_first_contributor(layer, name: str) -> bool:
+    """True when no adapter ran before ``name`` in this forward, so ``result`` is ``W x + bias``."""
+    for other in layer.active_adapters:
+        if other in layer.variants and other not in layer.merged_adapters:
+            return other == name
+    return False
+
+
+class DoraVariant(Variant):
+    """DoRA on a linear layer (nn.Linear, Conv1D, 4-bit linear). Not in mixed-adapter batches."""
+
+    name = "dora"
+    supports_rows = False
+
+    def setup(self, layer, adapter: str, config, init: bool) -> None:
+        if not hasattr(layer, "lora_A") or not hasattr(layer, "fan_in_fan_out"):
+            raise ValueError(f"{layer.module_name}: DoRA is implemented for linear layers only, "
+                             f"not {type(layer.base_layer).__name__}")
+        if config.lora_bias:
+            raise ValueError(f"{layer.module_name}: lora_bias=True is not supported with DoRA (as in PEFT)")
+        if not hasattr(layer, "lora_magnitude_vector"):
+            layer.lora_magnitude_vector = nn.ParameterDict()
+            layer.dora_merge_factor = {}  # adapter -> m / norm used at merge time, for exact unmerge
+        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        # m starts as ||W + s*B@A|| so the adapter's initial output equals plain LoRA's (the base
+        # output for the default zero-B init); a loaded file overwrites it.
+        norm = dora_row_norm(_weight(layer), a, b, layer.scaling[adapter], layer.fan_in_fan_out)
+        layer.lora_magnitude_vector[adapter] = nn.Parameter(norm.to(device=a.device, dtype=a.dtype))
+
+    def forward(self, layer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        s = layer.scaling[adapter]
+        weight = _weight(layer)
+        norm = dora_row_norm(weight, a, b, s, layer.fan_in_fan_out)
+        g = (layer.lora_magnitude_vector[adapter] / norm.to(a.dtype)).to(result.dtype)
+        dropout = layer.lora_dropout[adapter]
+        bias = getattr(layer.base_layer, "bias", None)
+        if (isinstance(dropout, nn.Identity) or not layer.training) and _is_first_contributor(layer, adapter):
+            # result == W x + bias: reuse it instead of a second matmul with W.
+            lora = ops.lora_linear(x, a, b, s).to(result.dtype)
+            wx = result if bias is None else result - bias
+            out = g * (wx + lora)
+            return out if bias is None else out + bias
+        # Dropout (the paper applies it to the input of both terms) or other adapters already
+        # added to ``result``: the W x term is computed explicitly.
+        dx = dropout(x).to(weight.dtype)
+        wx = dx @ weight if layer.fan_in_fan_out else F.linear(dx, weight)
+        lora = ops.lora_linear(dx, a, b, s).to(result.dtype)
+        return result - wx + g * (wx + lora)
+
+    def delta_weight(self, layer, adapter: str) -> torch.Tensor:
+        """``W' - W`` in the base weight's layout (fp32), for the current base weight ``W``."""
+        weight = _weight(layer).detach().float()
+        merged = self._merged_weight(layer, adapter, weight)[0]
+        return merged - weight
+
+    def _merged_weight(self, layer, adapter: str, weight: torch.Tensor):
+        """``(m / ||W + dW||_row) * (W + dW)`` and the factor ``m / norm`` (both fp32)."""
+        summed = weight + layer.plain_delta_weight(adapter).to(weight.device)
+        norm = torch.linalg.vector_norm(summed, dim=0 if layer.fan_in_fan_out else 1)
+        factor = layer.lora_magnitude_vector[adapter].detach().float() / norm
+        return _rows(factor, layer.fan_in_fan_out) * summed, factor
+
+    def merge(self, layer, adapter: str, safe: bool) -> None:
+        weight = layer.base_weight()
+        new, factor = self._merged_weight(layer, adapter, weight.data.float())
+        if safe and not torch.isfinite(new).all():
+            raise ValueError(f"merging DoRA adapter {adapter!r} into {layer.module_name} gives NaN/inf; "
+                             "weights unchanged")
+        weight.data.copy_(new.to(weight.dtype))
+        layer.dora_merge_factor[adapter] = factor
+
+    def unmerge(self, layer, adapter: str) -> None:
+        weight = layer.base_weight()
+        factor = layer.dora_merge_factor.pop(adapter)
+        restored = weight.data.float() / _rows(factor, layer.fan_in_fan_out) - layer.plain_delta_weight(adapter)
+        weight.data.copy_(restored.to(weight.dtype))
+
+
+register_variant("dora", lambda config: bool(getattr(config, "use_dora", False)), DoraVariant())

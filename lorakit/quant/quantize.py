@@ -1,0 +1,127 @@
+"""Model surgery: replace ``nn.Linear`` layers by ``Linear4bit`` in place, and measure the result.
+
+Names in ``targets`` and ``skip`` follow PEFT's rule: a name matches a module whose full name
+equals it or ends with ``"." + name``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lorakit.quant.linear4bit import Linear4bit
+from lorakit.quant.nf4 import check_blocksize, quantized_nbytes
+
+METHODS = ("nf4",)
+
+
+def _matches(name: str, keys) -> bool:
+    return any(name == key or name.endswith("." + key) for key in keys)
+
+
+def _output_head_ids(model: nn.Module) -> set[int]:
+    """ids of the output head: every module named ``lm_head`` and ``get_output_embeddings()``."""
+    heads = {id(m) for name, m in model.named_modules() if _matches(name, ["lm_head"])}
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is not None:
+        heads.add(id(head))
+    return heads
+
+
+def _check_names(model: nn.Module, keys, what: str) -> None:
+    names = [name for name, _ in model.named_modules()]
+    for key in keys:
+        if not any(_matches(name, [key]) for name in names):
+            raise ValueError(f"{what} {key!r} matches no module of {type(model).__name__}")
+
+
+def select_layers(model: nn.Module, targets=None, skip=()) -> list[str]:
+    """Names of the layers ``quantize`` replaces, in module order.
+
+    ``targets=None`` selects every ``nn.Linear``; otherwise every module matching a target, and
+    each must be an ``nn.Linear``. The output head and the modules matching ``skip`` are left
+    out. Raises ``ValueError`` naming the target, skip entry or layer that does not fit.
+    """
+    for name, _ in model.named_modules():
+        if name.split(".")[-1].startswith("lora_"):
+            raise ValueError(
+                f"module {name!r} is a LoRA adapter: quantize the base model before adding adapters"
+            )
+    _check_names(model, skip, "skip entry")
+    if targets is not None:
+        _check_names(model, targets, "target")
+    heads = _output_head_ids(model)
+    selected = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not name or _matches(name, skip):
+            continue
+        if targets is None:
+            if isinstance(module, nn.Linear) and id(module) not in heads:
+                selected.append(name)
+            continue
+        if not _matches(name, targets):
+            continue
+        if id(module) in heads:
+            raise ValueError(f"layer {name!r} is the output head; it stays in full precision")
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"layer {name!r} is {type(module).__name__}, not nn.Linear")
+        selected.append(name)
+    return selected
+
+
+def quantize(
+    model: nn.Module,
+    method: str = "nf4",
+    *,
+    double_quant: bool = True,
+    compute_dtype: torch.dtype = torch.bfloat16,
+    blocksize: int = 64,
+    skip=(),
+    targets=None,
+) -> nn.Module:
+    """Replace the selected ``nn.Linear`` layers (see ``select_layers``) of ``model`` by
+    ``Linear4bit`` in place, one layer at a time, and return ``model``.
+
+    The full-precision weights are released as each layer is replaced (a layer registered
+    under several names is quantized once and shared). Errors name the layer.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; known: {list(METHODS)}")
+    check_blocksize(blocksize)
+    done: dict[int, Linear4bit] = {}
+    for name in select_layers(model, targets, skip):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, child)
+        if id(linear) not in done:
+            try:
+                done[id(linear)] = Linear4bit.from_linear(
+                    linear, blocksize, double_quant, compute_dtype
+                )
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"cannot quantize layer {name!r}: {err}") from err
+        setattr(parent, child, done[id(linear)])
+    return model
+
+
+def quantized_linear_stats(model: nn.Module) -> dict:
+    """Sizes of the ``Linear4bit`` layers of ``model``.
+
+    ``bits_per_param`` counts the data that grows with the weights (packed codes, absmax,
+    nested absmax) per quantized parameter; ``constant_bytes`` are the per-layer code books and
+    offsets. Biases stay in full precision and are not counted.
+    """
+    layers = params = data = constant = 0
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            d, c = quantized_nbytes(module.weight, module.quant_state)
+            layers, params = layers + 1, params + module.quant_state.numel
+            data, constant = data + d, constant + c
+    return {
+        "layers": layers,
+        "params": params,
+        "data_bytes": data,
+        "constant_bytes": constant,
+        "bits_per_param": 8 * data / params if params else 0.0,
+    }

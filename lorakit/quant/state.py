@@ -55,7 +55,7 @@ def _dtype(name: str, key: str) -> torch.dtype:
 
 def _tensor(entries: dict[str, torch.Tensor], name: str, prefix: str) -> torch.Tensor:
     if name not in entries:
-        raise KeyError(f"missing quant-state key {prefix}{name!r}")
+        raise KeyError(f"missing quant-state key {prefix + name!r}")
     return entries[name]
 
 

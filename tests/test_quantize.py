@@ -1,0 +1,147 @@
+"""quantize(model): which layers become Linear4bit, that the quantized model computes with the
+dequantized weights, errors that name the layer, and sizes. Slow tests use the real SmolLM2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lorakit.quant import (
+    Linear4bit,
+    nf4_dequantize,
+    nf4_quantize,
+    quantize,
+    quantized_linear_stats,
+)
+from tests import tiny
+
+
+def _linear_names(model, cls):
+    return sorted(n for n, m in model.named_modules() if isinstance(m, cls))
+
+
+def _dequantized_copy(model):
+    """The reference: every Linear4bit replaced by an nn.Linear holding its dequantized weight."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, Linear4bit):
+            linear = nn.Linear(module.in_features, module.out_features, module.bias is not None)
+            linear.weight.data = module.dequantize().float()
+            if module.bias is not None:
+                linear.bias.data = module.bias.data.float()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, linear)
+    return model
+
+
+def test_quantizes_every_linear_but_the_head():
+    torch.manual_seed(0)
+    model = tiny.llama()
+    linears = _linear_names(model, nn.Linear)
+    assert quantize(model, compute_dtype=torch.float32) is model
+    assert _linear_names(model, nn.Linear) == ["lm_head"]
+    assert _linear_names(model, Linear4bit) == [n for n in linears if n != "lm_head"]
+    # no full-precision copy of a replaced weight is left in the model
+    float_params = {n for n, p in model.named_parameters() if p.dim() == 2}
+    assert float_params == {"model.embed_tokens.weight", "lm_head.weight"}
+
+
+def test_quantized_model_computes_with_the_dequantized_weights():
+    torch.manual_seed(0)
+    model = quantize(tiny.llama().eval(), compute_dtype=torch.float32)
+    ids = torch.randint(0, tiny.VOCAB, (2, 9))
+    with torch.no_grad():
+        got = model(ids).logits
+        want = _dequantized_copy(model)(ids).logits
+    assert torch.equal(got, want)
+
+
+def test_skip_and_targets():
+    model = quantize(tiny.llama(), skip=["q_proj", "model.layers.1.mlp.down_proj"])
+    full = _linear_names(model, nn.Linear)
+    assert full == [
+        "lm_head",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.mlp.down_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
+    model = quantize(tiny.llama(), targets=["v_proj"], blocksize=128, double_quant=False)
+    quantized = _linear_names(model, Linear4bit)
+    assert quantized == ["model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"]
+    assert model.model.layers[0].self_attn.v_proj.blocksize == 128
+
+
+def test_shared_layer_is_quantized_once():
+    shared = nn.Linear(64, 64)
+    model = nn.ModuleDict({"a": shared, "b": shared, "head": nn.Linear(64, 8)})
+    quantize(model)
+    assert isinstance(model["a"], Linear4bit) and model["a"] is model["b"]
+    assert isinstance(model["head"], Linear4bit)  # no get_output_embeddings: not a head
+
+
+def test_errors_name_the_layer():
+    with pytest.raises(ValueError, match="'model.layers.0.mlp' is LlamaMLP"):
+        quantize(tiny.llama(), targets=["model.layers.0.mlp"])
+    with pytest.raises(ValueError, match="'lm_head' is the output head"):
+        quantize(tiny.llama(), targets=["lm_head"])
+    with pytest.raises(ValueError, match="target 'qq_proj' matches no module"):
+        quantize(tiny.llama(), targets=["qq_proj"])
+    with pytest.raises(ValueError, match="skip entry 'nope'"):
+        quantize(tiny.llama(), skip=["nope"])
+    with pytest.raises(ValueError, match="unknown quantization method 'int8'"):
+        quantize(tiny.llama(), "int8")
+    with pytest.raises(ValueError, match="blocksize 100"):
+        quantize(tiny.llama(), blocksize=100)
+    model = tiny.llama()
+    proj = model.model.layers[1].self_attn.k_proj
+    proj.weight = nn.Parameter(torch.ones_like(proj.weight, dtype=torch.int32), requires_grad=False)
+    with pytest.raises(TypeError, match="'model.layers.1.self_attn.k_proj'.*torch.int32"):
+        quantize(model)
+    model = nn.Sequential(nn.Linear(4, 4))
+    model[0].weight.data[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="layer '0'.*inf or nan"):
+        quantize(model)
+
+
+def test_refuses_a_model_with_adapters():
+    import lorakit
+
+    model = tiny.llama()
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="LoRA adapter: quantize the base model before"):
+        quantize(model)
+
+
+def test_stats_count_bits_per_parameter():
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.Linear(1024, 512, bias=False))
+    stats = quantized_linear_stats(quantize(model))
+    assert stats["layers"] == 2 and stats["params"] == 1024 * 1536
+    # 24576 first-level blocks -> 96 nested blocks: exactly 4 + 8/64 + 32/(64*256) bits
+    assert stats["bits_per_param"] == 4 + 8 / 64 + 32 / (64 * 256)
+    model = quantize(nn.Sequential(nn.Linear(1024, 1024)), double_quant=False)
+    assert quantized_linear_stats(model)["bits_per_param"] == 4.5
+
+
+# ---- the real model ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from lorakit.models import load_model
+
+    return load_model("smollm2-135m-instruct", dtype=torch.bfloat16).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("double_quant", [False, True])
+@pytest.mark.parametrize("name", ["layers.0.self_attn.q_proj", "layers.29.mlp.down_proj"])
+def test_real_weights_bit_exact_with_bitsandbytes(smollm2, name, double_quant):
+    F = pytest.importorskip("bitsandbytes.functional")
+    w = smollm2.model.get_submodule(name).weight.detach()
+    packed, state = nf4_quantize(w, 64, double_quant)
+    ref_packed, ref = F.quantize_4bit(w, compress_statistics=double_quant, quant_type="nf4")
+    assert torch.equal(packed, ref_packed) and torch.equal(state.absmax, ref.absmax)
+    if double_quant:
+        assert torch.equal(state.nested_absmax, ref.state2.absmax)
+    expected = F.dequantize_4bit(ref_packed, ref, quant_type="nf4")
+    assert torch.equal(nf4_dequantize(packed, state), expected)

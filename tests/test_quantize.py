@@ -3,12 +3,16 @@ dequantized weights, errors that name the layer, and sizes. Slow tests use the r
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+import lorakit
 from lorakit.quant import (
     Linear4bit,
+    merge_and_unload_quantized,
     nf4_dequantize,
     nf4_quantize,
     quantize,
@@ -104,8 +108,6 @@ def test_errors_name_the_layer():
 
 
 def test_refuses_a_model_with_adapters():
-    import lorakit
-
     model = tiny.llama()
     lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="LoRA adapter: quantize the base model before"):
@@ -145,3 +147,83 @@ def test_real_weights_bit_exact_with_bitsandbytes(smollm2, name, double_quant):
         assert torch.equal(state.nested_absmax, ref.state2.absmax)
     expected = F.dequantize_4bit(ref_packed, ref, quant_type="nf4")
     assert torch.equal(nf4_dequantize(packed, state), expected)
+
+
+# ---- LoRA on a 4-bit base ---------------------------------------------------------------
+
+
+def _adapted_pair(seed=0):
+    """(LoRA on a 4-bit tiny Llama, LoRA on its dequantized fp32 copy), same adapter init."""
+    torch.manual_seed(seed)
+    quantized = quantize(tiny.llama(), compute_dtype=torch.float32)
+    reference = _dequantized_copy(copy.deepcopy(quantized))
+    config = lorakit.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
+    for model in (quantized, reference):
+        torch.manual_seed(seed + 1)
+        lorakit.add_adapter(model, config)
+        for p in lorakit.adapter_state_dict(model).values():
+            p.data.normal_(0, 0.05)  # B != 0, so the adapters change the output
+    return quantized, reference
+
+
+def test_adapter_gradients_match_the_dequantized_base():
+    quantized, reference = _adapted_pair()
+    ids = torch.randint(0, tiny.VOCAB, (2, 11))
+    grads = []
+    for model in (quantized, reference):
+        model(ids, labels=ids).loss.backward()
+        grads.append({k: p.grad for k, p in lorakit.adapter_state_dict(model).items()})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-5, atol=1e-7)
+    assert not any(p.requires_grad for n, p in quantized.named_parameters() if "lora_" not in n)
+
+
+def test_core_merge_refuses_a_4bit_base():
+    quantized, _ = _adapted_pair()
+    with pytest.raises(TypeError, match="merge_and_unload_quantized"):
+        lorakit.merge(quantized)
+
+
+@pytest.mark.parametrize("requantize", [False, True])
+def test_merge_into_4bit_base(requantize):
+    quantized, reference = _adapted_pair()
+    ids = torch.randint(0, tiny.VOCAB, (2, 11))
+    with torch.no_grad():
+        adapted = quantized(ids).logits
+    lorakit.merge_and_unload(reference)  # fp32 merge of the same weights: the exact result
+    model, report = merge_and_unload_quantized(quantized, requantize=requantize)
+    assert report["layers"] == 14 and report["requantized"] == requantize
+    assert not any("lora_" in n for n, _ in model.named_modules())
+    layer_cls = Linear4bit if requantize else nn.Linear
+    expected = [n for n in _linear_names(reference, nn.Linear) if n != "lm_head"]
+    assert [n for n in _linear_names(model, layer_cls) if n != "lm_head"] == expected
+    with torch.no_grad():
+        merged = model(ids).logits
+    if not requantize:
+        assert report["max_abs_error"] == 0.0
+        torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)
+        for name, module in reference.named_modules():
+            if isinstance(module, nn.Linear) and name != "lm_head":
+                assert torch.equal(model.get_submodule(name).weight, module.weight)
+        return
+    # re-quantization error: reported per layer, bounded by half the widest NF4 code gap
+    # (0.16) times the block's absmax, and measured against the exact merged weights
+    q_proj = "model.layers.0.self_attn.q_proj"
+    exact = reference.get_submodule(q_proj).weight
+    layer = model.get_submodule(q_proj)
+    decoded = nf4_dequantize(layer.weight, layer.quant_state)
+    assert report["per_layer"][q_proj][0] == (decoded - exact).abs().max().item()
+    assert 0 < report["mean_abs_error"] < report["max_abs_error"] <= 0.16 * max(
+        m.weight.abs().max().item() for m in reference.modules() if isinstance(m, nn.Linear)
+    )
+    assert (merged - adapted).abs().max() < 0.5 * adapted.abs().max()
+
+
+def test_failed_safe_merge_restores_the_4bit_bases():
+    quantized, _ = _adapted_pair()
+    layer = quantized.model.layers[0].self_attn.q_proj
+    next(iter(layer.lora_B.values())).weight.data[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN/inf"):
+        merge_and_unload_quantized(quantized, safe=True)
+    assert isinstance(layer.base_layer, Linear4bit) and layer.merged_adapters == []

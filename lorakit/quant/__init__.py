@@ -8,11 +8,12 @@
 
 from lorakit.quant.linear4bit import Linear4bit
 from lorakit.quant.nf4 import QuantState, nf4_dequantize, nf4_quantize
-from lorakit.quant.quantize import quantize, quantized_linear_stats
+from lorakit.quant.quantize import merge_and_unload_quantized, quantize, quantized_linear_stats
 
 __all__ = [
     "Linear4bit",
     "QuantState",
+    "merge_and_unload_quantized",
     "nf4_dequantize",
     "nf4_quantize",
     "quantize",

@@ -250,7 +250,7 @@ def quantized_nbytes(packed: torch.Tensor, state: QuantState) -> tuple[int, int]
     ``constant_bytes`` are per tensor: the nested offset and the two code books that
     bitsandbytes' state dict repeats for every layer (NF4 map, dynamic map).
     """
-    data = packed.numel() * packed.element_size() + state.absmax.numel() * state.absmax.element_size()
+    data = packed.numel() + state.absmax.numel() * state.absmax.element_size()
     constant = len(NF4_CODE) * 4
     if state.nested:
         data += state.nested_absmax.numel() * 4

@@ -1,4 +1,5 @@
-"""Model surgery: replace ``nn.Linear`` layers by ``Linear4bit`` in place, and measure the result.
+"""Model surgery: replace ``nn.Linear`` layers by ``Linear4bit`` in place, measure the result,
+and merge LoRA adapters into 4-bit bases.
 
 Names in ``targets`` and ``skip`` follow PEFT's rule: a name matches a module whose full name
 equals it or ends with ``"." + name``.
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from lorakit.quant.linear4bit import Linear4bit
-from lorakit.quant.nf4 import check_blocksize, quantized_nbytes
+from lorakit.quant.nf4 import check_blocksize, nf4_dequantize, quantized_nbytes
 
 METHODS = ("nf4",)
 
@@ -125,3 +126,70 @@ def quantized_linear_stats(model: nn.Module) -> dict:
         "constant_bytes": constant,
         "bits_per_param": 8 * data / params if params else 0.0,
     }
+
+
+def _dequantized_linear(layer: Linear4bit) -> nn.Linear:
+    """An fp32 ``nn.Linear`` holding ``layer``'s decoded weight and bias (frozen)."""
+    weight = nf4_dequantize(layer.weight, layer.quant_state, torch.float32)
+    linear = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    if layer.bias is not None:
+        linear.bias = nn.Parameter(layer.bias.detach().float(), requires_grad=False)
+    return linear
+
+
+def merge_and_unload_quantized(
+    model: nn.Module, requantize: bool = False, safe: bool = True
+) -> tuple[nn.Module, dict]:
+    """Merge the active adapters into every base (4-bit ones included) and remove the LoRA
+    layers, in place. Returns ``(model, report)``.
+
+    A ``Linear4bit`` base is decoded to fp32, the adapter delta is added there (by the core's
+    merge, so every variant merges as usual), and the result is cast to the weight's original
+    dtype (``quant_state.dtype``). It stays an ``nn.Linear``, or with ``requantize=True`` is
+    quantized again with the layer's blocksize, double quantization and compute dtype.
+
+    ``report``: ``layers`` (4-bit bases merged), ``requantized``, and the error that
+    re-quantization added to the merged weights, ``max_abs_error`` / ``mean_abs_error``
+    (0.0 without re-quantization) plus ``per_layer`` ``{name: (max, mean)}``.
+    """
+    from lorakit.inject import adapted_modules, merge_and_unload
+
+    originals: dict[str, Linear4bit] = {}
+    wrappers = {}
+    for name, module in adapted_modules(model):
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, Linear4bit):
+            module.base_layer = _dequantized_linear(base)
+            originals[name], wrappers[name] = base, module
+    try:
+        merge_and_unload(model, safe=safe)
+    except Exception:
+        # a failed (safe) merge leaves the adapters unmerged: restore the 4-bit bases
+        for name, module in wrappers.items():
+            module.base_layer = originals[name]
+        raise
+
+    per_layer, total_abs, total_n = {}, 0.0, 0
+    for name, original in originals.items():
+        merged = model.get_submodule(name)
+        merged.to(original.quant_state.dtype)
+        if not requantize:
+            continue
+        layer = Linear4bit.from_linear(
+            merged, original.blocksize, original.double_quant, original.compute_dtype
+        )
+        decoded = nf4_dequantize(layer.weight, layer.quant_state, torch.float32)
+        error = (decoded - merged.weight.float()).abs()
+        per_layer[name] = (error.max().item(), error.mean().item())
+        total_abs, total_n = total_abs + error.sum().item(), total_n + error.numel()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer)
+    report = {
+        "layers": len(originals),
+        "requantized": requantize,
+        "max_abs_error": max((m for m, _ in per_layer.values()), default=0.0),
+        "mean_abs_error": total_abs / total_n if total_n else 0.0,
+        "per_layer": per_layer,
+    }
+    return model, report

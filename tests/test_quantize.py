@@ -50,6 +50,12 @@ def test_quantizes_every_linear_but_the_head():
     assert float_params == {"model.embed_tokens.weight", "lm_head.weight"}
 
 
+def test_classifier_head_stays_full_precision():
+    model = quantize(tiny.bert())
+    assert _linear_names(model, nn.Linear) == ["classifier"]
+    assert len(_linear_names(model, Linear4bit)) == 2 * 6 + 1  # 6 per layer + the pooler
+
+
 def test_quantized_model_computes_with_the_dequantized_weights():
     torch.manual_seed(0)
     model = quantize(tiny.llama().eval(), compute_dtype=torch.float32)

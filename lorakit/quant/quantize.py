@@ -21,13 +21,20 @@ def _matches(name: str, keys) -> bool:
 
 
 def _output_head_ids(model: nn.Module) -> set[int]:
-    """ids of the output head: every module named ``lm_head`` and ``get_output_embeddings()``."""
+    """ids of the output head: modules named ``lm_head``, ``get_output_embeddings()``, and for
+    a model that has that method but no output embeddings (a Hugging Face classifier such as
+    ``...ForSequenceClassification``) its last module when that is an ``nn.Linear``, as
+    Hugging Face's own 4-bit loading keeps it."""
     heads = {id(m) for name, m in model.named_modules() if _matches(name, ["lm_head"])}
     get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if head is not None:
-        heads.add(id(head))
-    return heads
+    if not callable(get):
+        return heads
+    head = get()
+    if head is None:
+        head = list(model.modules())[-1]
+        if not isinstance(head, nn.Linear):
+            return heads
+    return heads | {id(head)}
 
 
 def _check_names(model: nn.Module, keys, what: str) -> None:

@@ -57,6 +57,7 @@ class LoraConfig:
     ``"all-linear"`` takes every linear layer except the output head; ``None`` uses the
     per-architecture default (q/v projections for Llama-style models).
     Scaling is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``).
+    ``lora_fa`` (LoRA-FA, not a PEFT key) keeps A frozen (B for embeddings) while training.
     """
 
     r: int = 8
@@ -73,6 +74,7 @@ class LoraConfig:
     init_lora_weights: Union[bool, str] = True
     use_rslora: bool = False
     use_dora: bool = False
+    lora_fa: bool = False  # LoRA-FA: the randomly initialised factor stays frozen (lorakit's key)
     rank_pattern: dict = field(default_factory=dict)
     alpha_pattern: dict = field(default_factory=dict)
     task_type: Union[str, None] = None
@@ -123,6 +125,8 @@ class LoraConfig:
     def to_peft_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["inference_mode"] = True
+        if not d["lora_fa"]:  # a training-only switch PEFT does not know: written only when set
+            del d["lora_fa"]
         return d
 
     @classmethod

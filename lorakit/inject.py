@@ -126,6 +126,11 @@ def active_adapters(model: nn.Module) -> list[str]:
     return []
 
 
+# LoRA-FA freezes the randomly initialised factor: A of linear/conv layers, B of embeddings
+# (whose A starts at zero).
+_LORA_FA_FROZEN = ("lora_A.weight", "lora_embedding_B")
+
+
 def update_trainable(model: nn.Module) -> None:
     """Freeze everything, then unfreeze the active, trainable adapters' parameters (and the
     biases their ``bias`` setting names)."""
@@ -135,8 +140,9 @@ def update_trainable(model: nn.Module) -> None:
         p.requires_grad_(False)
     for module_name, module in adapted_modules(model):
         for name in active:
-            for p in module.adapter_params(name).values():
-                p.requires_grad_(True)
+            frozen = _LORA_FA_FROZEN if configs[name].lora_fa else ()
+            for key, p in module.adapter_params(name).items():
+                p.requires_grad_(key not in frozen)
             bias_mode = configs[name].bias
             base = getattr(module, "base_layer", None)
             if bias_mode == "lora_only" and base is not None and getattr(base, "bias", None) is not None:

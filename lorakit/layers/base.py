@@ -73,8 +73,11 @@ class LoraLayer(nn.Module):
         self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
         device = self.base_device()
         self.create_factors(name, r, config, device, dtype or torch.float32)
-        if init:
-            lookup_init(config.init_lora_weights)(self, name, config)
+        init_fn = lookup_init(config.init_lora_weights)
+        # An init that rewrites the base weight (PiSSA, OLoRA, LoftQ) also runs when loading, as
+        # in PEFT: the base gets the same residual and the loaded factors overwrite A/B.
+        if init or getattr(init_fn, "rewrites_base", False):
+            init_fn(self, name, config)
         variant = resolve_variant(config)
         variant.setup(self, name, config, init)
         self.variants[name] = variant

@@ -1,0 +1,137 @@
+"""What a run is built from: its directory, its data, its model; and what it leaves behind.
+
+Everything here runs before the first optimizer step, so a bad path, a bad row or an invalid
+setting stops the run before any training (and before the model is loaded, where possible).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from lorakit.train.data import TokenizedData, load_data, split_eval
+from lorakit.train.schema import TrainConfig, to_yaml
+
+# Files and folders a run writes; --overwrite removes exactly these, nothing else.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "adapter", "model",
+               "tensorboard")
+_HEADS = ("score", "classifier")  # seq_cls heads of Hugging Face models, trained in full
+_PEFT_TASK = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
+
+
+def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
+    """Create ``cfg.output_dir`` for a new run and write the resolved ``config.yaml``."""
+    run_dir = Path(cfg.output_dir)
+    taken = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if taken and not cfg.overwrite:
+        raise ValueError(f"output_dir {run_dir} already holds a run ({', '.join(taken)}); resume "
+                         f"it with `lorakit train --resume {run_dir}`, choose another output_dir, "
+                         "or pass --overwrite")
+    if is_main:
+        for name in taken:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return run_dir
+
+
+def load_training_data(cfg: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData | None]:
+    """Train and eval data, tokenized and checked (see ``lorakit.train.data``)."""
+    if not cfg.data:
+        raise ValueError("config: data is required (a data file or a saved datasets directory)")
+    kw = dict(fmt=cfg.format, template=cfg.instruction_template,
+              completion_only=cfg.completion_only_loss, max_seq_len=cfg.max_seq_len,
+              skip_bad=cfg.on_bad_row == "skip")
+    train = load_data(cfg.data, tokenizer, **kw)
+    if (train.fmt == "classification") != (cfg.task == "seq_cls"):
+        raise ValueError(f"{cfg.data}: {train.fmt} data does not fit task {cfg.task!r} "
+                         "(classification data <-> task seq_cls)")
+    if cfg.eval_data:
+        return train, load_data(cfg.eval_data, tokenizer, **{**kw, "fmt": train.fmt},
+                                label_names=train.label_names)
+    if cfg.eval_split:
+        return split_eval(train, cfg.eval_split, cfg.seed)
+    return train, None
+
+
+def data_fingerprint(data: TokenizedData) -> str:
+    """A hash of the tokenized training set: a resumed run must see the same data."""
+    h = hashlib.sha256()
+    for e in data.examples:
+        h.update(repr((e.input_ids, e.labels)).encode())
+    return h.hexdigest()[:16]
+
+
+def _dtypes(precision: str) -> tuple[torch.dtype, bool]:
+    """(base weight dtype, bf16 autocast) of a precision setting."""
+    return {"fp32": (torch.float32, False), "bf16-mixed": (torch.float32, True),
+            "bf16-true": (torch.bfloat16, True)}[precision]
+
+
+def build_model(cfg: TrainConfig, num_labels: int, pad_token_id: int) -> nn.Module:
+    """Load the base model, quantize it if asked, add the adapter (or unfreeze all for
+    ``full``), and keep trainable parameters in fp32."""
+    import lorakit
+    from lorakit.models import load_model
+
+    dtype, _ = _dtypes(cfg.precision)
+    model = load_model(cfg.model, dtype=dtype, task=cfg.task, num_labels=num_labels or None)
+    if cfg.task == "seq_cls" and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    if cfg.quantize == "nf4":
+        from lorakit.quant import quantize
+
+        quantize(model, "nf4")
+    if cfg.full:
+        model.requires_grad_(True)
+    else:
+        lorakit.add_adapter(model, _adapter_config(cfg, model))
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # fp32 master weights; bf16 compute comes from autocast
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _adapter_config(cfg: TrainConfig, model: nn.Module):
+    """``cfg.lora`` plus the bookkeeping PEFT stores, and the seq_cls head in modules_to_save."""
+    saved = list(cfg.lora.modules_to_save or [])
+    if cfg.task == "seq_cls":
+        head = next((h for h in _HEADS if hasattr(model, h)), None)
+        if head is None:
+            raise ValueError(f"{cfg.model}: no classification head named one of {list(_HEADS)}")
+        saved += [head] if head not in saved else []
+    return dataclasses.replace(cfg.lora, modules_to_save=saved or None,
+                               task_type=_PEFT_TASK[cfg.task], base_model_name_or_path=cfg.model)
+
+
+def autocast_enabled(cfg: TrainConfig) -> bool:
+    return _dtypes(cfg.precision)[1]
+
+
+def write_adapter(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write the adapter as a PEFT directory from ``tensors`` (parameter name -> full tensor,
+    gathered from every process), using the core's PEFT key names."""
+    from lorakit import adapter_configs, adapter_state_dict
+    from lorakit.io import WEIGHTS_NAME
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    peft = {key: tensors[names[id(p)]] for key, p in adapter_state_dict(model).items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(peft, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+    adapter_configs(model)["default"].save(directory)
+
+
+def write_full_model(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor],
+                     tokenizer) -> None:
+    """Write a fully fine-tuned model as a Hugging Face directory (weights, config, tokenizer)."""
+    model.save_pretrained(directory, state_dict=tensors)
+    tokenizer.save_pretrained(directory)

@@ -1,0 +1,56 @@
+"""``lorakit train``: a YAML config, flags, or both (flags win); ``--resume RUN_DIR`` continues."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lorakit.train import schema
+
+_EPILOG = """examples:
+  lorakit train examples/sql_demo.yaml
+  lorakit train --data train.jsonl --r 16 --lora-alpha 32 --epochs 2 --output-dir runs/a
+  lorakit train --resume runs/a
+  torchrun --nproc_per_node=2 -m lorakit.cli train examples/sql_demo.yaml
+"""
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train", help="fine-tune a model with LoRA (or fully) on a data file",
+        description="Fine-tune with LoRA/QLoRA/DoRA or fully. Settings come from one typed "
+                    "config: a YAML file, flags, or both (flags override the file).",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="YAML config file (keys = the flags below)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its newest checkpoint, with the "
+                             "config saved there")
+    schema.add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> schema.TrainConfig:
+    """The resolved config: the run's saved config (resume), else file < flags."""
+    flags = schema.flag_values(args)
+    if args.resume:
+        if args.config or flags:
+            raise ValueError("--resume takes every setting from RUN_DIR/config.yaml; "
+                             "pass no config file or other settings with it")
+        path = f"{args.resume}/config.yaml"
+        return schema.from_dict(schema.load_yaml(path), path)
+    values = schema.load_yaml(args.config) if args.config else {}
+    source = f"{args.config} + flags" if args.config and flags else (args.config or "flags")
+    return schema.from_dict(schema.merge(values, flags), source)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lorakit.train.loop import TrainingDiverged, train
+
+    cfg = config_from_args(args)
+    try:
+        train(cfg, resume=bool(args.resume), command=["lorakit"] + sys.argv[1:])
+    except TrainingDiverged as err:
+        print(f"lorakit train: error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -28,6 +28,7 @@ from lorakit.inject import (
 from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
 # Registered variants and inits: importing them adds their entries to the tables.
 from lorakit.variants import dora as _dora  # noqa: F401
+from lorakit.init_methods import save_converted_adapter
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,7 @@ __all__ = [
     "merge_and_unload",
     "print_trainable_parameters",
     "save_adapter",
+    "save_converted_adapter",
     "set_adapter",
     "trainable_parameters",
     "unload",

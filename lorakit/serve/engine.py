@@ -1,0 +1,313 @@
+"""The serving engine: iteration-level (continuous) batching over one base model and many
+adapters, in one background thread.
+
+Each iteration: run queued calls (slot bookkeeping from the API), drop cancelled and timed-out
+requests, admit waiting requests while the batch has room (each pins an adapter slot and is
+prefilled alone into its own KV cache, which then joins the left-padded batch cache), and run
+one decode step for every running sequence together. Row ``b`` of a step uses its request's
+adapter slot, so requests for different adapters share every base matmul. Finished sequences
+leave the batch between steps.
+
+The API thread only calls ``submit``, ``call_soon``, ``close`` and ``stop``; results come back
+through each request's ``emit`` callable (``Delta``, then ``Done`` or ``Failed``), called from
+the engine thread.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from transformers import DynamicCache
+
+from lorakit.serve.cache import HostAdapter
+from lorakit.serve.kvbatch import BatchKV
+from lorakit.serve.metrics import ServerMetrics
+from lorakit.serve.sampling import SamplingParams, make_generator, next_tokens
+from lorakit.serve.slots import SlotPool
+from lorakit.serve.textstream import TextStream
+
+log = logging.getLogger("lorakit.serve")
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound (HTTP 429)."""
+
+
+class EngineClosed(Exception):
+    """The engine is shutting down and takes no new requests (HTTP 503)."""
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Done:
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failed:
+    status: int  # the HTTP status the API answers with
+    message: str
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation. ``adapter`` None runs the base model. ``emit`` receives events from the
+    engine thread; ``cancel()`` may be called from any thread."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[object], None]
+    adapter: HostAdapter | None = None
+    timeout: float | None = None
+    created: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    # engine-thread state
+    slot: int = -1
+    stream: TextStream | None = None
+    generator: torch.Generator | None = None
+    last_token: int = -1
+    generated: int = 0
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def expired(self, now: float) -> bool:
+        return self.timeout is not None and now - self.created > self.timeout
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Token ids that end a sequence: the model's generation config and the tokenizer's EOS."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+class Engine:
+    def __init__(self, model, tokenizer, pool: SlotPool, max_batch: int = 32, max_queue: int = 256,
+                 prefill_tokens_per_step: int = 4096, metrics: ServerMetrics | None = None):
+        self.model, self.tokenizer, self.pool = model, tokenizer, pool
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.prefill_tokens_per_step = prefill_tokens_per_step
+        self.metrics = metrics or ServerMetrics()
+        self.eos = eos_ids(model, tokenizer)
+        self.max_length = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+        params = inspect.signature(model.forward).parameters
+        # transformers >= 5.x names the KV cache argument ``cache``; older versions ``past_key_values``.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self._cv = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._calls: list[Callable[[], None]] = []
+        self._running: list[Request] = []
+        self._kv = BatchKV()
+        self._closed = self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # ---- API side ---------------------------------------------------------------------------
+    def start(self) -> "Engine":
+        self._thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def submit(self, request: Request) -> None:
+        with self._cv:
+            if self._closed:
+                raise EngineClosed("the server is shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are already waiting (limit {self.max_queue})")
+            self._waiting.append(request)
+            self._cv.notify()
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the engine thread before its next step."""
+        with self._cv:
+            self._calls.append(fn)
+            self._cv.notify()
+
+    def counts(self) -> tuple[int, int]:
+        """(running, waiting) right now."""
+        return len(self._running), len(self._waiting)
+
+    def close(self) -> None:
+        """Take no new requests; the ones in flight go on."""
+        with self._cv:
+            self._closed = True
+
+    def stop(self, drain_timeout: float = 0.0) -> None:
+        """Close, give in-flight requests up to ``drain_timeout`` seconds to finish, then fail
+        the rest with 503 and end the thread."""
+        self.close()
+        deadline = time.monotonic() + drain_timeout
+        while time.monotonic() < deadline and any(self.counts()):
+            time.sleep(0.05)
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    # ---- engine thread ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._waiting or self._running or self._calls or self._stopping):
+                        self._cv.wait()
+                    if self._stopping:
+                        break
+                    calls, self._calls = self._calls, []
+                for fn in calls:
+                    fn()
+                try:
+                    self._step()
+                except Exception as err:  # a failing forward must not kill the server
+                    log.exception("engine step failed")
+                    self._fail_running(500, f"generation failed: {type(err).__name__}: {err}")
+        self._fail_running(503, "the server shut down before this request finished")
+        with self._cv:
+            waiting, self._waiting = list(self._waiting), deque()
+        for req in waiting:
+            req.emit(Failed(503, "the server shut down before this request started"))
+
+    def _step(self) -> None:
+        self._drop_expired()
+        for req in self._admit():
+            self._prefill(req)
+        if self._running:
+            self._decode()
+
+    def _drop_expired(self) -> None:
+        now = time.monotonic()
+        with self._cv:
+            gone = [r for r in self._waiting if r.cancelled or r.expired(now)]
+            for req in gone:
+                self._waiting.remove(req)
+        keep = []
+        for i, req in enumerate(self._running):
+            if req.cancelled or req.expired(now):
+                self._release(req)
+                gone.append(req)
+            else:
+                keep.append(i)
+        if len(keep) < len(self._running):
+            self._kv.keep(keep)
+            self._running = [self._running[i] for i in keep]
+        for req in gone:
+            if not req.cancelled:
+                req.emit(Failed(504, f"request timed out after {req.timeout:g} s"))
+
+    def _admit(self) -> list[Request]:
+        """Take waiting requests (FIFO, skipping those whose adapter finds no free slot yet)
+        while the batch has room and this step's prefill budget lasts."""
+        picked, budget = [], self.prefill_tokens_per_step
+        with self._cv:
+            for req in list(self._waiting):
+                if len(self._running) + len(picked) >= self.max_batch or budget <= 0:
+                    break
+                if req.adapter is not None:
+                    misses = self.pool.misses
+                    try:
+                        req.slot = self.pool.acquire(req.adapter)
+                    except ValueError as err:  # e.g. a rank above the pool's
+                        self._waiting.remove(req)
+                        req.emit(Failed(422, str(err)))
+                        continue
+                    if req.slot is None:
+                        continue
+                    result = "miss" if self.pool.misses > misses else "hit"
+                    self.metrics.adapter_cache.inc(1, "slot", result)
+                self._waiting.remove(req)
+                picked.append(req)
+                budget -= len(req.prompt_ids)
+        return picked
+
+    def _forward(self, input_ids, cache, slots: list[int], **kw):
+        self.pool.activate(slots)
+        return self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache}, **kw)
+
+    def _prefill(self, req: Request) -> None:
+        try:
+            cache = DynamicCache()
+            ids = torch.tensor([req.prompt_ids], device=self.pool.device)
+            out = self._forward(ids, cache, [req.slot], **self._keep_last)
+        except Exception as err:
+            log.exception("prefill failed")
+            self._release(req)
+            req.emit(Failed(500, f"generation failed: {type(err).__name__}: {err}"))
+            return
+        self.metrics.prompt_tokens.inc(len(req.prompt_ids))
+        req.stream = TextStream(self.tokenizer, req.params.stop)
+        req.generator = make_generator(req.params.seed)
+        token = next_tokens(out.logits[:, -1], [req.params], [req.generator])[0]
+        if self._advance(req, token):
+            self._kv.join(cache, len(req.prompt_ids))
+            self._running.append(req)
+
+    def _decode(self) -> None:
+        reqs = self._running
+        ids = torch.tensor([[r.last_token] for r in reqs], device=self.pool.device)
+        positions = torch.tensor([[n] for n in self._kv.lengths], device=self.pool.device)
+        mask = self._kv.mask(1).to(self.pool.device)
+        out = self._forward(ids, self._kv.cache, [r.slot for r in reqs], attention_mask=mask,
+                            position_ids=positions)
+        self._kv.grew(1)
+        self.metrics.batch_size.observe(len(reqs))
+        tokens = next_tokens(out.logits[:, -1], [r.params for r in reqs], [r.generator for r in reqs])
+        keep = [i for i, (req, token) in enumerate(zip(reqs, tokens)) if self._advance(req, token)]
+        if len(keep) < len(reqs):
+            self._kv.keep(keep)
+            self._running = [reqs[i] for i in keep]
+
+    def _advance(self, req: Request, token: int) -> bool:
+        """Take one new token for ``req``; emit text; return False once it finished."""
+        req.generated += 1
+        self.metrics.generation_tokens.inc()
+        if req.generated == 1:
+            self.metrics.ttft.observe(time.monotonic() - req.created)
+        if token in self.eos:
+            return self._finish(req, "stop")
+        req.last_token = token
+        delta = req.stream.push(token)
+        if delta:
+            req.emit(Delta(delta))
+        if req.stream.stopped:
+            return self._finish(req, "stop")
+        if req.generated >= req.params.max_tokens or len(req.prompt_ids) + req.generated >= self.max_length:
+            return self._finish(req, "length")
+        return True
+
+    def _finish(self, req: Request, reason: str) -> bool:
+        tail = req.stream.finish()
+        if tail:
+            req.emit(Delta(tail))
+        self._release(req)
+        req.emit(Done(reason, req.stream.text, len(req.prompt_ids), req.generated))
+        return False
+
+    def _release(self, req: Request) -> None:
+        if req.slot >= 0:
+            self.pool.release(req.slot)
+            req.slot = -1
+
+    def _fail_running(self, status: int, message: str) -> None:
+        running, self._running = self._running, []
+        self._kv = BatchKV()
+        for req in running:
+            self._release(req)
+            req.emit(Failed(status, message))

@@ -1,0 +1,79 @@
+"""The KV cache of the running batch: one row per sequence, left-padded to a common length.
+
+Each sequence is prefilled alone (its own cache, no padding), then joins the batch: the shorter
+side is left-padded with zeros and the rows are concatenated. Every decode step appends one
+column for all rows, so a row's real tokens are always its last ``lengths[b]`` columns and the
+attention mask is ``mask[b, j] = j >= L - lengths[b]``. A finished row leaves by row selection,
+and columns that are padding for every remaining row are trimmed.
+
+Padding keys/values are zeros and always masked, so a row computes exactly what it would
+compute alone (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class BatchKV:
+    """``cache``: a transformers ``DynamicCache`` (layers hold ``keys``/``values``
+    ``[rows, kv_heads, L, head_dim]``) or None when no sequence runs; ``lengths[b]``: real
+    tokens of row ``b``."""
+
+    def __init__(self):
+        self.cache = None
+        self.lengths: list[int] = []
+
+    @property
+    def width(self) -> int:
+        """L, the padded length every row has now."""
+        return max(self.lengths, default=0)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def join(self, cache, length: int) -> None:
+        """Append the rows of ``cache`` (each holding ``length`` real tokens, unpadded)."""
+        for layer in cache.layers:
+            if getattr(layer, "is_sliding", False):
+                raise ValueError("sliding-window attention caches cannot be batched by left padding")
+        if self.cache is None:
+            self.cache, self.lengths = cache, [length] * _rows(cache)
+            return
+        width = max(self.width, length)
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
+            old.values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
+        self.lengths += [length] * _rows(cache)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (in that order); trim columns that no kept row uses."""
+        if not rows:
+            self.cache, self.lengths = None, []
+            return
+        self.lengths = [self.lengths[i] for i in rows]
+        index = torch.tensor(rows, dtype=torch.long)
+        for layer in self.cache.layers:
+            width = self.width
+            layer.keys = layer.keys.index_select(0, index.to(layer.keys.device))[:, :, -width:]
+            layer.values = layer.values.index_select(0, index.to(layer.values.device))[:, :, -width:]
+
+    def mask(self, extra: int = 1) -> torch.Tensor:
+        """Attention mask ``[rows, L + extra]`` for a step that adds ``extra`` tokens per row."""
+        total = self.width + extra
+        cols = torch.arange(total)
+        return (cols[None, :] >= total - (torch.tensor(self.lengths)[:, None] + extra)).long()
+
+    def grew(self, extra: int = 1) -> None:
+        """Record that a forward appended ``extra`` real tokens to every row."""
+        self.lengths = [n + extra for n in self.lengths]
+
+
+def _rows(cache) -> int:
+    return cache.layers[0].keys.shape[0]
+
+
+def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:
+    pad = width - t.shape[-2]
+    return F.pad(t, (0, 0, pad, 0)) if pad > 0 else t

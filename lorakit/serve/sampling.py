@@ -1,0 +1,68 @@
+"""Choosing the next token of each running sequence: greedy, or temperature + top-p sampling
+with a per-request seeded generator (OpenAI's ``temperature``, ``top_p``, ``seed``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings. ``temperature == 0`` is greedy (argmax); ``stop`` strings
+    end the text before the first occurrence of any of them."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A CPU generator: seeded for reproducible sampling, else from fresh entropy."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """One token id from ``logits [vocab]`` (float32) under ``params``.
+
+    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``
+    (the most likely token is always kept).
+    """
+    if params.greedy:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
+        sorted_probs[before >= params.top_p] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def next_tokens(logits: torch.Tensor, params: list[SamplingParams],
+                generators: list[torch.Generator]) -> list[int]:
+    """Next token of each row of ``logits [rows, vocab]``; greedy rows share one argmax."""
+    logits = logits.float()
+    greedy = logits.argmax(-1).tolist()
+    return [greedy[i] if p.greedy else sample_row(logits[i], p, generators[i])
+            for i, p in enumerate(params)]

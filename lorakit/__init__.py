@@ -29,6 +29,7 @@ from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
 # Registered variants and inits: importing them adds their entries to the tables.
 from lorakit.variants import dora as _dora  # noqa: F401
 from lorakit.init_methods import save_converted_adapter
+from lorakit.loraplus import loraplus_optimizer
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,7 @@ __all__ = [
     "disabled",
     "hotswap",
     "load_adapter",
+    "loraplus_optimizer",
     "merge",
     "merge_and_unload",
     "print_trainable_parameters",

@@ -16,6 +16,7 @@ from lorakit.adapters import (
     trainable_parameters,
     unmerge,
 )
+from lorakit.combine import CombineReport, combine
 from lorakit.config import LoraConfig
 from lorakit.inject import (
     active_adapters,
@@ -34,12 +35,14 @@ from lorakit.loraplus import loraplus_optimizer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CombineReport",
     "LoraConfig",
     "active_adapters",
     "adapter_configs",
     "adapter_per_row",
     "adapter_state_dict",
     "add_adapter",
+    "combine",
     "delete_adapter",
     "disabled",
     "hotswap",

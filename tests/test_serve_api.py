@@ -13,7 +13,7 @@ import openai
 import pytest
 from safetensors.torch import save_file
 
-from tests.test_serve_support import LiveServer, Offline, make_server, tiny_model, tokenizer, write_adapters
+from tests.test_serve_support import one_thread, LiveServer, Offline, make_server, tiny_model, tokenizer, write_adapters
 
 API_KEY = "sekrit"
 PROMPTS = ["The quick brown fox", "Once upon a time, in a land far away,", "1, 2, 3,", "Dear diary"]
@@ -26,7 +26,7 @@ def env(tmp_path_factory):
     write_adapters(base, root)
     server = make_server(base, tok, root, api_key=API_KEY, max_slots=4, max_tokens=64,
                          max_prompt_tokens=200, max_queue=64)
-    with LiveServer(server) as live:
+    with one_thread(), LiveServer(server) as live:
         yield live, Offline(base, tok, root), root
 
 

@@ -8,6 +8,7 @@ import copy
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -87,6 +88,18 @@ class Offline:
         text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids = self.tok(text, add_special_tokens=False).input_ids
         return self.tok.decode(self.ids(name, ids, max_tokens), skip_special_tokens=True)
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one thread: tiny models gain nothing from more, and on a shared, busy
+    machine OpenMP's spinning barriers make every small op many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class LiveServer:

@@ -117,6 +117,7 @@ class Engine:
         self._running: list[Request] = []
         self._kv = BatchKV()
         self._closed = self._stopping = False
+        self._in_flight = 0  # submitted and not yet answered with Done/Failed
         self._thread: threading.Thread | None = None
 
     # ---- API side ---------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Engine:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are already waiting (limit {self.max_queue})")
             self._waiting.append(request)
+            self._in_flight += 1
             self._cv.notify()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
@@ -154,7 +156,7 @@ class Engine:
         the rest with 503 and end the thread."""
         self.close()
         deadline = time.monotonic() + drain_timeout
-        while time.monotonic() < deadline and any(self.counts()):
+        while time.monotonic() < deadline and self._in_flight:
             time.sleep(0.05)
         with self._cv:
             self._stopping = True
@@ -183,7 +185,7 @@ class Engine:
         with self._cv:
             waiting, self._waiting = list(self._waiting), deque()
         for req in waiting:
-            req.emit(Failed(503, "the server shut down before this request started"))
+            self._end(req, Failed(503, "the server shut down before this request started"))
 
     def _step(self) -> None:
         self._drop_expired()
@@ -201,7 +203,6 @@ class Engine:
         keep = []
         for i, req in enumerate(self._running):
             if req.cancelled or req.expired(now):
-                self._release(req)
                 gone.append(req)
             else:
                 keep.append(i)
@@ -209,8 +210,7 @@ class Engine:
             self._kv.keep(keep)
             self._running = [self._running[i] for i in keep]
         for req in gone:
-            if not req.cancelled:
-                req.emit(Failed(504, f"request timed out after {req.timeout:g} s"))
+            self._end(req, Failed(504, f"request timed out after {req.timeout:g} s"))
 
     def _admit(self) -> list[Request]:
         """Take waiting requests (FIFO, skipping those whose adapter finds no free slot yet)
@@ -226,7 +226,7 @@ class Engine:
                         req.slot = self.pool.acquire(req.adapter)
                     except ValueError as err:  # e.g. a rank above the pool's
                         self._waiting.remove(req)
-                        req.emit(Failed(422, str(err)))
+                        self._end(req, Failed(422, str(err)))
                         continue
                     if req.slot is None:
                         continue
@@ -248,8 +248,7 @@ class Engine:
             out = self._forward(ids, cache, [req.slot], **self._keep_last)
         except Exception as err:
             log.exception("prefill failed")
-            self._release(req)
-            req.emit(Failed(500, f"generation failed: {type(err).__name__}: {err}"))
+            self._end(req, Failed(500, f"generation failed: {type(err).__name__}: {err}"))
             return
         self.metrics.prompt_tokens.inc(len(req.prompt_ids))
         req.stream = TextStream(self.tokenizer, req.params.stop)
@@ -296,9 +295,16 @@ class Engine:
         tail = req.stream.finish()
         if tail:
             req.emit(Delta(tail))
-        self._release(req)
-        req.emit(Done(reason, req.stream.text, len(req.prompt_ids), req.generated))
+        self._end(req, Done(reason, req.stream.text, len(req.prompt_ids), req.generated))
         return False
+
+    def _end(self, req: Request, event) -> None:
+        """Answer ``req`` for good (a cancelled request's client is gone: nothing is sent)."""
+        self._release(req)
+        if not req.cancelled or isinstance(event, Done):
+            req.emit(event)
+        with self._cv:
+            self._in_flight -= 1
 
     def _release(self, req: Request) -> None:
         if req.slot >= 0:
@@ -309,5 +315,4 @@ class Engine:
         running, self._running = self._running, []
         self._kv = BatchKV()
         for req in running:
-            self._release(req)
-            req.emit(Failed(status, message))
+            self._end(req, Failed(status, message))

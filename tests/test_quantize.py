@@ -233,3 +233,17 @@ def test_failed_safe_merge_restores_the_4bit_bases():
     with pytest.raises(ValueError, match="NaN/inf"):
         merge_and_unload_quantized(quantized, safe=True)
     assert isinstance(layer.base_layer, Linear4bit) and layer.merged_adapters == []
+
+
+@pytest.mark.slow
+def test_real_model_quantized_still_answers():
+    from lorakit.models import load_model, load_tokenizer
+
+    tok = load_tokenizer()
+    model = quantize(load_model("smollm2-135m-instruct", dtype=torch.bfloat16).eval())
+    assert quantized_linear_stats(model)["layers"] == 210
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+    ids = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    out = model.generate(ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids.shape[1] :])

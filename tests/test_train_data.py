@@ -9,7 +9,7 @@ import pytest
 
 from lorakit.train.data import load_data, split_eval
 from lorakit.train.formats import ALPACA_PROMPT_NO_INPUT, IGNORE
-from tests.test_train_fixtures import tokenizer, toy_instruction_rows, write_jsonl  # noqa: F401
+from tests.test_train_fixtures import one_thread, tokenizer, toy_instruction_rows, write_jsonl  # noqa: F401
 
 CHAT = {"messages": [{"role": "system", "content": "Be brief."},
                      {"role": "user", "content": "Capital of France?"},

@@ -19,14 +19,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def toy_instruction_rows(n: int = 48) -> list[dict]:
-    """A learnable toy task: the answer is a fixed word chosen by the instruction's parity."""
-    return [{"instruction": f"Is {i} even?", "output": "yes" if i % 2 == 0 else "no"}
-            for i in range(n)]
+    """A learnable toy task: varied questions, one fixed answer."""
+    return [{"instruction": f"Is {i} a number?", "output": "yes"} for i in range(n)]
 
 
 def toy_classification_rows(n: int = 32) -> list[dict]:
     return [{"text": f"number {i} is {'big' if i >= n // 2 else 'small'}",
              "label": "big" if i >= n // 2 else "small"} for i in range(n)]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny-model steps are microseconds of math: with several intra-op threads on a busy
+    2-core machine they spend 5-10x longer in thread hand-offs than in compute."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +47,21 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer, hidden-64 random Llama with SmolLM2's vocabulary, saved as an HF directory."""
+    """A 2-layer, hidden-64 random Llama with SmolLM2's vocabulary, saved as an HF directory.
+
+    The default init (std 0.02) makes tied-embedding logits so small that no adapter can move
+    the loss far from log(vocab); std 0.3 gives a model that a few LoRA steps visibly teach.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("tiny-llama")
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                         max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.3,
+                         eos_token_id=tokenizer.eos_token_id)
+    # No pad_token_id: SmolLM2 pads with its EOS token, and an embedding's padding row is zero
+    # and frozen, so with tied embeddings EOS could never be predicted.
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -84,10 +84,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
 def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
     from lorakit.models import load_tokenizer
 
-    run_dir = Path(cfg.output_dir) if resume else build.prepare_run_dir(cfg, world.is_main)
-    torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     train_data, eval_data = build.load_training_data(cfg, tokenizer)
+    run_dir = Path(cfg.output_dir) if resume else build.prepare_run_dir(cfg, world.is_main)
+    distributed.barrier(world)  # rank 0 has cleaned and created the run directory
+    torch.manual_seed(cfg.seed)
     n_labels = cfg.num_labels or len(train_data.label_names or [])
     model = build.build_model(cfg, n_labels, tokenizer.pad_token_id).to(world.device)
     model.train()

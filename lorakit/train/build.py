@@ -25,20 +25,26 @@ _HEADS = ("score", "classifier")  # seq_cls heads of Hugging Face models, traine
 _PEFT_TASK = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 
 
-def prepare_run_dir(cfg: TrainConfig, is_main: bool) -> Path:
-    """Create ``cfg.output_dir`` for a new run and write the resolved ``config.yaml``."""
+def check_run_dir(cfg: TrainConfig) -> list[str]:
+    """The run outputs already in ``cfg.output_dir``; an error unless ``overwrite`` is set."""
     run_dir = Path(cfg.output_dir)
     taken = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if taken and not cfg.overwrite:
         raise ValueError(f"output_dir {run_dir} already holds a run ({', '.join(taken)}); resume "
                          f"it with `lorakit train --resume {run_dir}`, choose another output_dir, "
                          "or pass --overwrite")
-    if is_main:
-        for name in taken:
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    return taken
+
+
+def prepare_run_dir(cfg: TrainConfig, taken: list[str]) -> Path:
+    """Remove the previous run's outputs ``taken``, create the directory, write the resolved
+    ``config.yaml`` (rank 0 only)."""
+    run_dir = Path(cfg.output_dir)
+    for name in taken:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
     return run_dir
 
 

@@ -86,8 +86,13 @@ def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
 
     tokenizer = load_tokenizer(cfg.model)
     train_data, eval_data = build.load_training_data(cfg, tokenizer)
-    run_dir = Path(cfg.output_dir) if resume else build.prepare_run_dir(cfg, world.is_main)
-    distributed.barrier(world)  # rank 0 has cleaned and created the run directory
+    if not resume:
+        taken = build.check_run_dir(cfg)
+        distributed.barrier(world)  # every process has checked before rank 0 changes anything
+        if world.is_main:
+            build.prepare_run_dir(cfg, taken)
+        distributed.barrier(world)
+    run_dir = Path(cfg.output_dir)
     torch.manual_seed(cfg.seed)
     n_labels = cfg.num_labels or len(train_data.label_names or [])
     model = build.build_model(cfg, n_labels, tokenizer.pad_token_id).to(world.device)

@@ -29,14 +29,20 @@ from lorakit.inject import (
 from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
 # Registered variants and inits: importing them adds their entries to the tables.
 from lorakit.variants import dora as _dora  # noqa: F401
+from lorakit.variants.adalora import AdaLoraConfig
+from lorakit.variants.adalora_alloc import AdaLoraController
+from lorakit.variants.vera import VeraConfig
 from lorakit.init_methods import save_converted_adapter
 from lorakit.loraplus import loraplus_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
+    "AdaLoraController",
     "CombineReport",
     "LoraConfig",
+    "VeraConfig",
     "active_adapters",
     "adapter_configs",
     "adapter_per_row",

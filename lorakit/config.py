@@ -152,14 +152,37 @@ class LoraConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> "LoraConfig":
-        path = Path(directory) / CONFIG_NAME
-        if not path.exists():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        data, path = _read_json(directory)
         return cls.from_peft_dict(data, source=str(path))
+
+
+# Other adapter types (VeRA, AdaLoRA, ...) register their config class by PEFT's peft_type; the
+# class provides from_peft_dict(d, source) and save(directory), and may provide make_layer /
+# prepare / export_tensors / import_tensors hooks (see lorakit.inject and lorakit.io).
+ADAPTER_TYPES: dict[str, type] = {"LORA": LoraConfig}
+
+
+def register_adapter_type(peft_type: str, config_cls: type) -> None:
+    ADAPTER_TYPES[peft_type] = config_cls
+
+
+def load_config(directory: str | Path):
+    """The config in ``directory/adapter_config.json``, as the class its ``peft_type`` names."""
+    data, path = _read_json(directory)
+    peft_type = data.get("peft_type", "LORA")
+    if peft_type not in ADAPTER_TYPES:
+        raise ValueError(f"{path}: peft_type {peft_type!r} is not supported; known: {sorted(ADAPTER_TYPES)}")
+    return ADAPTER_TYPES[peft_type].from_peft_dict(data, source=str(path))
+
+
+def _read_json(directory: str | Path) -> tuple[dict, Path]:
+    path = Path(directory) / CONFIG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+    try:
+        return json.loads(path.read_text()), path
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
 def _switches_on(key: str, value) -> bool:

@@ -72,15 +72,24 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
         raise ValueError(f"adapter name {name!r} must be letters, digits, '_' or '-'")
     if name in configs:
         raise ValueError(f"adapter {name!r} already exists; existing adapters: {list(configs)}")
+    others = {c.peft_type for c in configs.values()} - {config.peft_type}
+    if others:
+        raise ValueError(f"the model holds {sorted(others)} adapters; a {config.peft_type} adapter "
+                         "cannot be added beside them (one adapter type per model, as in PEFT)")
     targets = find_targets(model, config, strict=strict)
+    if hasattr(config, "prepare"):  # e.g. VeRA's projections shared by all target layers
+        config.prepare(model, targets)
+    new_layer = getattr(config, "make_layer", None) or (lambda m, n: make_layer(m, n, config))
     saved = _modules_to_save_names(model, config.modules_to_save or [], strict)
     try:
         for module_name in targets:
             module = model.get_submodule(module_name)
+            training = module.training
             if not isinstance(module, LoraLayer):
-                module = make_layer(module, module_name, config)
+                module = new_layer(module, module_name)
                 _replace(model, module_name, module)
             module.add(name, config, adapter_dtype, init)
+            module.train(training)  # new layers and dropouts follow the model's train/eval mode
         for module_name in saved:
             module = model.get_submodule(module_name)
             if not isinstance(module, ModulesToSave):

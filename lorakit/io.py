@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorakit.config import LoraConfig
+from lorakit.config import LoraConfig, load_config
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
 
@@ -78,9 +78,12 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     config = adapter_configs(model).get(name)
     if config is None:
         raise KeyError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
-    _check_ranks(model, name, config)
+    if isinstance(config, LoraConfig):
+        _check_ranks(model, name, config)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: p.detach().cpu().contiguous().clone() for k, p in adapter_state_dict(model, name).items()}
+    if hasattr(config, "export_tensors"):  # other adapter types: shared or pruned tensors
+        tensors = config.export_tensors(model, name, tensors)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
     tmp = directory / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
@@ -92,18 +95,21 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
 
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
                  is_trainable: bool = False, adapter_dtype: torch.dtype | None = None) -> nn.Module:
-    """Add the PEFT LoRA adapter in ``directory`` to ``model`` as ``name``.
+    """Add the PEFT adapter in ``directory`` to ``model`` as ``name`` (LoRA, or another
+    registered ``peft_type`` such as VeRA or AdaLoRA).
 
     Loaded adapters are for inference unless ``is_trainable`` (PEFT's rule). A file that does
     not fit the model (missing, unexpected or mis-shaped tensors) raises an error naming the
     tensor and both shapes, and the model is left as it was.
     """
     directory = Path(directory)
-    config = LoraConfig.load(directory)
+    config = load_config(directory)
     config.inference_mode = not is_trainable
     tensors = read_tensors(_weights_path(directory))
     add_adapter(model, config, name, adapter_dtype=adapter_dtype, strict=False, init=False)
     try:
+        if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
+            tensors = config.import_tensors(model, name, tensors)
         _assign(model, name, tensors, directory / WEIGHTS_NAME)
     except Exception:
         delete_adapter(model, name)

@@ -209,3 +209,16 @@ def test_training_step_matches_peft(base_dir):
         opt.step()
     theirs.eval()
     torch.testing.assert_close(logits(ours), logits(theirs), rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_loaded_into_eval_model_runs_without_dropout(base_dir, tmp_path):
+    model = _dora_model(base_dir, init=False, dropout=0.5)
+    randomize_adapter(model)
+    model.eval()
+    want = logits(model)
+    lorakit.save_adapter(model, tmp_path / "a")
+    fresh = lorakit.load_adapter(load_base(base_dir), tmp_path / "a")  # load_base returns an eval model
+    assert not any(m.training for m in fresh.modules())
+    torch.testing.assert_close(logits(fresh), want, rtol=1e-6, atol=1e-6)
+    theirs = peft.PeftModel.from_pretrained(load_base(base_dir), tmp_path / "a").eval()
+    torch.testing.assert_close(logits(theirs), want, rtol=1e-5, atol=1e-5)

@@ -80,3 +80,10 @@ def test_unknown_key_in_yaml_file_names_the_file(tmp_path):
 def test_resume_refuses_other_settings(tmp_path):
     with pytest.raises(ValueError, match="--resume takes every setting"):
         config_from_args(_parser().parse_args(["train", "--resume", str(tmp_path), "--lr", "1"]))
+
+
+def test_as_flags_round_trips_through_the_parser():
+    values = {"lr": 0.5, "packing": True, "completion_only_loss": False, "data": "a b.jsonl",
+              "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"], "rank_pattern": {"q": 4}}}
+    args = _parser().parse_args(["train"] + schema.as_flags(values))
+    assert schema.flag_values(args) == values

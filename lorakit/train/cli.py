@@ -44,12 +44,20 @@ def config_from_args(args: argparse.Namespace) -> schema.TrainConfig:
     return schema.from_dict(schema.merge(values, flags), source)
 
 
+def _command(args: argparse.Namespace) -> list[str]:
+    """The command line of this run, rebuilt from the parsed arguments (for the model card)."""
+    head = ["lorakit", "train"] + ([args.config] if args.config else [])
+    if args.resume:
+        head += ["--resume", args.resume]
+    return head + schema.as_flags(schema.flag_values(args))
+
+
 def run(args: argparse.Namespace) -> int:
     from lorakit.train.loop import TrainingDiverged, train
 
     cfg = config_from_args(args)
     try:
-        train(cfg, resume=bool(args.resume), command=["lorakit"] + sys.argv[1:])
+        train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:
         print(f"lorakit train: error: {err}", file=sys.stderr)
         return 1

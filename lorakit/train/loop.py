@@ -86,6 +86,7 @@ def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
 
     tokenizer = load_tokenizer(cfg.model)
     train_data, eval_data = build.load_training_data(cfg, tokenizer)
+    total = _total_steps(cfg, train_data, world)
     if not resume:
         taken = build.check_run_dir(cfg)
         distributed.barrier(world)  # every process has checked before rank 0 changes anything
@@ -100,7 +101,6 @@ def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
     torch.manual_seed(cfg.seed + world.rank)  # per-process dropout streams
     wrapped = distributed.wrap(model, world, cfg.fsdp)
     groups = optim.param_groups(wrapped, cfg.lr, cfg.weight_decay, cfg.loraplus_lr_ratio)
-    total = _total_steps(cfg, train_data, world)
     run = Run(cfg, world, run_dir, tokenizer, train_data, eval_data, wrapped,
               torch.optim.AdamW(groups), total, math.ceil(cfg.warmup_ratio * total),
               build.data_fingerprint(train_data))

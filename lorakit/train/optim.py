@@ -34,31 +34,24 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
     return 1.0
 
 
-def is_lora_b(name: str) -> bool:
-    """LoRA+ applies its larger rate to the B factors (``lora_B``, ``lora_embedding_B``)."""
-    return ".lora_B." in name or ".lora_embedding_B." in name
-
-
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
                  loraplus_ratio: float = 0.0) -> list[dict]:
     """Trainable parameters as AdamW groups; each group's ``base_lr`` is its peak rate.
 
-    With ``loraplus_ratio > 0`` (LoRA+, Hayou et al. 2024) the B factors get
-    ``lr * loraplus_ratio``; everything else (A factors, modules_to_save) gets ``lr``.
+    With ``loraplus_ratio > 0``: the LoRA+ groups of ``lorakit.loraplus`` (B factors at
+    ``lr * loraplus_ratio``, A factors and other matrices at ``lr``, embedding adapters at their
+    own small rate).
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
+    from lorakit.loraplus import loraplus_groups
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
         raise ValueError("the model has no trainable parameters")
-    if loraplus_ratio <= 0:
-        return [{"params": [p for _, p in named], "base_lr": lr, "lr": lr,
-                 "weight_decay": weight_decay}]
-    a = [p for n, p in named if not is_lora_b(n)]
-    b = [p for n, p in named if is_lora_b(n)]
-    if not b:
-        raise ValueError("loraplus_lr_ratio is set but the model has no lora_B parameters")
-    return [{"params": a, "base_lr": lr, "lr": lr, "weight_decay": weight_decay},
-            {"params": b, "base_lr": lr * loraplus_ratio, "lr": lr * loraplus_ratio,
-             "weight_decay": weight_decay}]
+    if loraplus_ratio > 0:
+        groups = loraplus_groups(model, lr, loraplus_ratio, weight_decay=weight_decay)
+    else:
+        groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+    return [{**g, "base_lr": g["lr"]} for g in groups]
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:

@@ -97,7 +97,7 @@ class TrainConfig:
     batch_size: int = _f(8, "examples (or packed rows) per micro-batch per process")
     grad_accum: int = _f(1, "micro-batches per optimizer step per process")
     lr: float = _f(2e-4, "peak learning rate")
-    loraplus_lr_ratio: float = _f(0.0, "LoRA+: lr of lora_B = ratio x lr (0 = off)")
+    loraplus_lr_ratio: float = _f(0.0, "LoRA+: lr of lora_B = ratio x lr, e.g. 16 (0 = off)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     lr_scheduler: Literal["cosine", "linear", "constant"] = _f("cosine", "decay after warmup")
     warmup_ratio: float = _f(0.05, "fraction of steps with linear warmup from 0")
@@ -131,7 +131,8 @@ def _check(c: TrainConfig) -> None:
         (c.batch_size >= 1, f"batch_size must be >= 1, got {c.batch_size}"),
         (c.grad_accum >= 1, f"grad_accum must be >= 1, got {c.grad_accum}"),
         (c.lr > 0, f"lr must be > 0, got {c.lr}"),
-        (c.loraplus_lr_ratio >= 0, f"loraplus_lr_ratio must be >= 0, got {c.loraplus_lr_ratio}"),
+        (c.loraplus_lr_ratio == 0 or c.loraplus_lr_ratio >= 1,
+         f"loraplus_lr_ratio must be 0 (off) or >= 1, got {c.loraplus_lr_ratio}"),
         (c.weight_decay >= 0, f"weight_decay must be >= 0, got {c.weight_decay}"),
         (0.0 <= c.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {c.warmup_ratio}"),
         (c.max_grad_norm >= 0, f"max_grad_norm must be >= 0, got {c.max_grad_norm}"),
@@ -283,6 +284,21 @@ def flag_values(args: argparse.Namespace) -> dict:
         if dest.startswith("cfg."):
             _, section, name = dest.split(".", 2)
             (out.setdefault("lora", {}) if section else out)[name] = value
+    return out
+
+
+def as_flags(values: dict) -> list[str]:
+    """Command-line flags that reproduce ``values`` (YAML-shaped, as ``flag_values`` returns)."""
+    out: list[str] = []
+    flat = {**{k: v for k, v in values.items() if k != "lora"}, **values.get("lora", {})}
+    for name, value in flat.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (int, float, str)):
+            out += [flag, str(value)]
+        else:
+            out += [flag, yaml.safe_dump(value, default_flow_style=True).strip()]
     return out
 
 

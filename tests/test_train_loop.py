@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from lorakit.train import TrainingDiverged, train
@@ -131,3 +132,33 @@ def test_existing_run_dir_needs_resume_or_overwrite(make_config):
     with pytest.raises(ValueError, match="already holds a run"):
         train(make_config(max_steps=1))
     train(make_config(max_steps=1, overwrite=True))
+
+
+def test_qlora_nf4_base_trains(make_config):
+    out = train(make_config(quantize="nf4", max_steps=6, precision="bf16-true"))
+    losses = _losses(out.parent)
+    assert losses[-1] < losses[0]
+    from lorakit.quant import Linear4bit
+    from lorakit.train.build import build_model
+
+    model = build_model(make_config(quantize="nf4"), 0, 0)
+    assert any(isinstance(m, Linear4bit) for m in model.modules())
+
+
+def test_loraplus_runs(make_config):
+    out = train(make_config(loraplus_lr_ratio=16, max_steps=4, lr=1e-3))
+    losses = _losses(out.parent)
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+
+def test_gradient_checkpointing_gives_the_same_adapter(make_config, tmp_path):
+    from lorakit.train.build import build_model
+
+    assert build_model(make_config(gradient_checkpointing=True), 0, 0).is_gradient_checkpointing
+    plain = train(make_config(max_steps=3, output_dir=str(tmp_path / "a")))
+    checkpointed = train(make_config(max_steps=3, gradient_checkpointing=True,
+                                     output_dir=str(tmp_path / "b")))
+    a = load_file(plain / "adapter_model.safetensors")
+    b = load_file(checkpointed / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)

@@ -103,7 +103,12 @@ def build_model(cfg: TrainConfig, num_labels: int, pad_token_id: int) -> nn.Modu
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # fp32 master weights; bf16 compute comes from autocast
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Non-reentrant checkpointing works with a frozen embedding (no input grads needed).
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     return model
 
 

@@ -57,6 +57,9 @@ class LoraLayer(nn.Module):
         self.merged_adapters: list[str] = []
         self.disabled = False
         self.rows: RowAdapters | None = None
+        # Optional fused implementation (lorakit.fast): when ``fast.applies(self)`` it computes
+        # the whole output (base + adapters) instead of the generic path below.
+        self.fast = None
 
     # ---- adapters -------------------------------------------------------------------------
     @property
@@ -99,6 +102,8 @@ class LoraLayer(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.fast is not None and self.fast.applies(self):
+            return self.fast(self, x)
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return result

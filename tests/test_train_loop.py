@@ -154,7 +154,7 @@ def test_loraplus_runs(make_config):
 def test_gradient_checkpointing_gives_the_same_adapter(make_config, tmp_path):
     from lorakit.train.build import build_model
 
-    assert build_model(make_config(gradient_checkpointing=True), 0, 0).is_gradient_checkpointing
+    assert build_model(make_config(gradient_checkpointing=True), 0, 0).is_activation_checkpointing
     plain = train(make_config(max_steps=3, output_dir=str(tmp_path / "a")))
     checkpointed = train(make_config(max_steps=3, gradient_checkpointing=True,
                                      output_dir=str(tmp_path / "b")))

@@ -87,3 +87,14 @@ def test_as_flags_round_trips_through_the_parser():
               "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"], "rank_pattern": {"q": 4}}}
     args = _parser().parse_args(["train"] + schema.as_flags(values))
     assert schema.flag_values(args) == values
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    examples = sorted((root / "examples").glob("*.yaml"))
+    assert examples
+    for path in examples:
+        cfg = schema.from_dict(schema.load_yaml(path), str(path))
+        assert (root / cfg.data).exists(), path

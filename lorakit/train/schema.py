@@ -269,9 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if hint is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is Literal:
-            kw.update(choices=typing.get_args(hint), metavar=_describe(hint).replace("'", ""))
+            kw["choices"] = typing.get_args(hint)
         elif hint in (int, float, str):
-            kw["type"] = hint
+            kw.update(type=hint, metavar=name.upper())
         else:
             kw.update(type=_yaml_value, metavar="YAML")
         groups[section].add_argument(flag, **kw)

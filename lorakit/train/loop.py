@@ -226,10 +226,22 @@ def _evaluate(run: Run) -> float:
 
 # ---- the loop -------------------------------------------------------------------------------
 def _loop(run: Run, progress: Progress) -> Progress:
-    cfg, world = run.cfg, run.world
-    log = MetricsLog(run.run_dir, progress.step if progress.step else None) if world.is_main else None
+    """Run optimizer steps until done or stopped; the bar and metrics file always close."""
+    main = run.world.is_main
+    log = MetricsLog(run.run_dir, progress.step if progress.step else None) if main else None
     bar = tqdm(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
-               disable=not (cfg.progress and world.is_main))
+               disable=not (run.cfg.progress and main))
+    try:
+        _steps(run, progress, log, bar)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    return progress
+
+
+def _steps(run: Run, progress: Progress, log: MetricsLog | None, bar) -> None:
+    cfg, world = run.cfg, run.world
     targets = [losses.count_targets(torch.tensor([e.labels])) for e in run.train.examples]
     lengths = [len(e.input_ids) for e in run.train.examples]
     plan = _plan(cfg, run.train, progress.epoch)
@@ -246,11 +258,10 @@ def _loop(run: Run, progress: Progress) -> Progress:
                                                          run.warmup_steps, cfg.lr_scheduler))
         loss, grad_norm = _train_step(run, local, sum(targets[i] for i in in_step))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            bar.close()
             raise _diverged(run, progress, loss, grad_norm)
         progress.step, progress.step_in_epoch = progress.step + 1, progress.step_in_epoch + 1
         progress.last_loss = loss
-        window_tokens += sum(lengths[i] for i in in_step)
+        window_tokens += sum(lengths[i] for i in in_step)  # all processes' tokens
         speed = losses.tokens_per_second(window_tokens, time.perf_counter() - window_start)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{speed:.0f}")
@@ -260,11 +271,7 @@ def _loop(run: Run, progress: Progress) -> Progress:
                        "elapsed_s": time.perf_counter() - started})
             window_tokens, window_start = 0, time.perf_counter()
         if _after_step(run, progress, log, bar):
-            break
-    bar.close()
-    if log:
-        log.close()
-    return progress
+            return
 
 
 def _after_step(run: Run, progress: Progress, log: MetricsLog | None, bar) -> bool:

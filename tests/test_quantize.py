@@ -75,6 +75,8 @@ def test_skip_and_targets():
         "model.layers.1.mlp.down_proj",
         "model.layers.1.self_attn.q_proj",
     ]
+    model = quantize(tiny.llama(), skip=["model.layers.0"])
+    assert all(n.startswith("model.layers.1.") for n in _linear_names(model, Linear4bit))
     model = quantize(tiny.llama(), targets=["v_proj"], blocksize=128, double_quant=False)
     quantized = _linear_names(model, Linear4bit)
     assert quantized == ["model.layers.0.self_attn.v_proj", "model.layers.1.self_attn.v_proj"]

@@ -2,7 +2,7 @@
 and merge LoRA adapters into 4-bit bases.
 
 Names in ``targets`` and ``skip`` follow PEFT's rule: a name matches a module whose full name
-equals it or ends with ``"." + name``.
+equals it or ends with ``"." + name``; skipping a module skips everything inside it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,12 @@ METHODS = ("nf4",)
 
 def _matches(name: str, keys) -> bool:
     return any(name == key or name.endswith("." + key) for key in keys)
+
+
+def _inside(name: str, keys) -> bool:
+    """``name`` or one of its parent modules matches ``keys``."""
+    parts = name.split(".")
+    return any(_matches(".".join(parts[:i]), keys) for i in range(1, len(parts) + 1))
 
 
 def _output_head_ids(model: nn.Module) -> set[int]:
@@ -48,8 +54,8 @@ def select_layers(model: nn.Module, targets=None, skip=()) -> list[str]:
     """Names of the layers ``quantize`` replaces, in module order.
 
     ``targets=None`` selects every ``nn.Linear``; otherwise every module matching a target, and
-    each must be an ``nn.Linear``. The output head and the modules matching ``skip`` are left
-    out. Raises ``ValueError`` naming the target, skip entry or layer that does not fit.
+    each must be an ``nn.Linear``. The output head and the modules matching ``skip`` (or inside
+    a module that does) are left out. Raises ``ValueError`` naming the target, skip entry or layer that does not fit.
     """
     for name, _ in model.named_modules():
         if name.split(".")[-1].startswith("lora_"):
@@ -62,7 +68,7 @@ def select_layers(model: nn.Module, targets=None, skip=()) -> list[str]:
     heads = _output_head_ids(model)
     selected = []
     for name, module in model.named_modules(remove_duplicate=False):
-        if not name or _matches(name, skip):
+        if not name or _inside(name, skip):
             continue
         if targets is None:
             if isinstance(module, nn.Linear) and id(module) not in heads:

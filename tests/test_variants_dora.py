@@ -11,7 +11,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import lorakit
-from lorakit.variants.dora import dora_row_norm
+from lorakit.variants import register_variant
+from lorakit.variants.dora import DoraVariant, _Rescale, dora_row_norm
 from tests.variants_support import load_base, logits, randomize_adapter, save_tiny_llama, token_ids
 
 peft = pytest.importorskip("peft")
@@ -222,3 +223,43 @@ def test_adapter_loaded_into_eval_model_runs_without_dropout(base_dir, tmp_path)
     torch.testing.assert_close(logits(fresh), want, rtol=1e-6, atol=1e-6)
     theirs = peft.PeftModel.from_pretrained(load_base(base_dir), tmp_path / "a").eval()
     torch.testing.assert_close(logits(theirs), want, rtol=1e-5, atol=1e-5)
+
+
+def test_rescale_keeps_output_and_matches_reference_gradients():
+    g0 = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 5, 6, generator=g0, requires_grad=True)
+    g = (torch.rand(6, generator=g0) + 0.5).requires_grad_()
+    bias = torch.randn(6, generator=g0, requires_grad=True)
+    grad = torch.randn(3, 5, 6, generator=g0)
+    got = torch.autograd.grad(_Rescale.apply(z, g, bias), (z, g, bias), grad)
+    want = torch.autograd.grad(g * z + bias, (z, g, bias), grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_saving_the_output_changes_no_gradient():
+    """DoraVariant() keeps the layer output for the backward, DoraVariant(save_output=False)
+    keeps W x + s*B A x: same gradients, including a trainable base bias (bias="all")."""
+    grads = []
+    for save_output in (True, False):
+        register_variant("dora", lambda c: c.use_dora, DoraVariant(save_output=save_output))
+        try:
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 4))
+            lorakit.add_adapter(model, lorakit.LoraConfig(r=2, target_modules=["0", "2"], use_dora=True,
+                                                          init_lora_weights=False, bias="all"))
+            model(torch.randn(5, 8, generator=torch.Generator().manual_seed(1))).pow(2).sum().backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+        finally:
+            register_variant("dora", lambda c: c.use_dora, DoraVariant())
+    assert grads[0].keys() == grads[1].keys() and "0.base_layer.bias" in grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_in_place_edit_of_the_output_is_caught_by_autograd():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(inplace=True))
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=2, target_modules=["0"], use_dora=True))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        model(torch.randn(3, 8)).sum().backward()

@@ -67,11 +67,47 @@ def _is_first_contributor(layer, name: str) -> bool:
     return False
 
 
+class _Rescale(torch.autograd.Function):
+    """``y = g * z (+ bias)`` for a per-output-feature ``g`` (fp32 ``[out]``).
+
+    Reference: ``g.to(z.dtype) * z + bias`` under autograd, which keeps ``z`` for the gradient
+    of ``g``. This keeps the output ``y`` instead and recovers ``z = (y - bias) / g`` in the
+    backward: when the next op keeps ``y`` anyway (an activation's input, attention's values),
+    the two share one tensor. A model that edits this output in place (``ReLU(inplace=True)``
+    right after the layer) makes the backward raise autograd's in-place error; build the
+    variant with ``DoraVariant(save_output=False)`` for such a model.
+    """
+
+    @staticmethod
+    def forward(ctx, z, g, bias):
+        y = z * g.to(z.dtype)
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+        ctx.save_for_backward(y, g, bias)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        y, g, bias = ctx.saved_tensors
+        grad_z = grad_y * g.to(grad_y.dtype)
+        z = y.float() if bias is None else y.float() - bias.float()
+        # A row with g == 0 (magnitude exactly 0) has lost z; its gradient is taken as 0.
+        z = torch.where(g != 0, z / g, 0.0)
+        grad_g = (grad_y.float() * z).reshape(-1, g.shape[0]).sum(0)
+        grad_bias = None
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_y.reshape(-1, g.shape[0]).sum(0).to(bias.dtype)
+        return grad_z, grad_g, grad_bias
+
+
 class DoraVariant(Variant):
     """DoRA on a linear layer (nn.Linear, Conv1D, 4-bit linear). Not in mixed-adapter batches."""
 
     name = "dora"
     supports_rows = False
+
+    def __init__(self, save_output: bool = True):
+        self.save_output = save_output
 
     def setup(self, layer, adapter: str, config, init: bool) -> None:
         if not hasattr(layer, "lora_A") or not hasattr(layer, "fan_in_fan_out"):
@@ -93,15 +129,18 @@ class DoraVariant(Variant):
         s = layer.scaling[adapter]
         weight = _weight(layer)
         norm = dora_row_norm(weight, a, b, s, layer.fan_in_fan_out)
-        g = (layer.lora_magnitude_vector[adapter] / norm.to(a.dtype)).to(result.dtype)
+        g = layer.lora_magnitude_vector[adapter].float() / norm
         dropout = layer.lora_dropout[adapter]
         bias = getattr(layer.base_layer, "bias", None)
         if (isinstance(dropout, nn.Identity) or not layer.training) and _is_first_contributor(layer, adapter):
             # result == W x + bias: reuse it instead of a second matmul with W.
             lora = ops.lora_linear(x, a, b, s).to(result.dtype)
-            wx = result if bias is None else result - bias
-            out = g * (wx + lora)
+            z = (result if bias is None else result - bias) + lora
+            if self.save_output and torch.is_grad_enabled():
+                return _Rescale.apply(z, g, bias)
+            out = g.to(z.dtype) * z
             return out if bias is None else out + bias
+        g = g.to(result.dtype)
         # Dropout (the paper applies it to the input of both terms) or other adapters already
         # added to ``result``: the W x term is computed explicitly.
         dx = dropout(x).to(weight.dtype)

@@ -28,10 +28,13 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     ``logits`` ``[B, T, V]`` (any float dtype; computed in fp32), ``labels`` ``[B, T]``.
     """
-    shifted = logits[:, :-1].float()
     target = labels[:, 1:]
-    loss = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), target.reshape(-1),
-                           ignore_index=IGNORE, reduction="none").view_as(target)
+    keep = target != IGNORE
+    # Only target rows are upcast and soft-maxed: with completion-only loss that is a fraction
+    # of the [B, T, vocab] logits, the largest tensor of a small model's step.
+    picked = F.cross_entropy(logits[:, :-1][keep].float(), target[keep], reduction="none")
+    loss = torch.zeros(target.shape, dtype=picked.dtype, device=picked.device)
+    loss = loss.masked_scatter(keep, picked)
     return F.pad(loss, (1, 0))
 
 

@@ -35,6 +35,8 @@ def test_missing_data_file_exits_2(make_config, tmp_path, capsys):
     code = main(["train", "--model", cfg.model, "--data", str(tmp_path / "none.jsonl"),
                  "--output-dir", str(tmp_path / "r")])
     assert code == 2 and "data not found" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "r")]) == 2
+    assert "data is required" in capsys.readouterr().err
 
 
 def test_resume_without_checkpoint_is_clear(make_config, tmp_path, capsys):

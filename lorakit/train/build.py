@@ -25,6 +25,16 @@ _HEADS = ("score", "classifier")  # seq_cls heads of Hugging Face models, traine
 _PEFT_TASK = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 
 
+def check_inputs(cfg: TrainConfig) -> None:
+    """Settings that name inputs: checked before anything is loaded."""
+    if not cfg.data:
+        raise ValueError("config: data is required (a data file or a saved datasets directory)")
+    for key in ("data", "eval_data"):
+        path = getattr(cfg, key)
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{key} not found: {path}")
+
+
 def check_run_dir(cfg: TrainConfig) -> list[str]:
     """The run outputs already in ``cfg.output_dir``; an error unless ``overwrite`` is set."""
     run_dir = Path(cfg.output_dir)
@@ -50,8 +60,6 @@ def prepare_run_dir(cfg: TrainConfig, taken: list[str]) -> Path:
 
 def load_training_data(cfg: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData | None]:
     """Train and eval data, tokenized and checked (see ``lorakit.train.data``)."""
-    if not cfg.data:
-        raise ValueError("config: data is required (a data file or a saved datasets directory)")
     kw = dict(fmt=cfg.format, template=cfg.instruction_template,
               completion_only=cfg.completion_only_loss, max_seq_len=cfg.max_seq_len,
               skip_bad=cfg.on_bad_row == "skip")

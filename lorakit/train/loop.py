@@ -84,6 +84,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
 def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
     from lorakit.models import load_tokenizer
 
+    build.check_inputs(cfg)
     tokenizer = load_tokenizer(cfg.model)
     train_data, eval_data = build.load_training_data(cfg, tokenizer)
     total = _total_steps(cfg, train_data, world)

@@ -128,6 +128,7 @@ def _dense(layer: LoraLayer, adapter: str) -> torch.Tensor:
     return delta.reshape(delta.shape[0], -1)
 
 
+@torch.no_grad()
 def _combine_layer(layer, present, method, rank, density, sign_method, generator):
     """``(B, A, relative error)`` of one layer's combined update."""
     plain = all(layer.variants[a] is PLAIN for a, _ in present)

@@ -1,0 +1,444 @@
+"""The LoRA paper's claims at small scale: full fine-tuning vs LoRA ranks and variants.
+
+Task: the shipped text-to-SQL demo (data/sql_demo: 400 train / 50 held-out test questions,
+graded by exact match of the generated query). Model: SmolLM2-135M-Instruct (bf16-true
+training: bf16 base, fp32 trainable weights, bf16 autocast). Every row trains with the same
+budget (``--steps`` optimizer steps of ``--batch-size`` examples, seed 0, cosine schedule),
+each in its own ``lorakit train`` subprocess, so its peak RSS (``wait4``) and CPU time are its
+own. LoRA rows use a fixed ``lora_alpha`` (16), as the paper does, so the scaling alpha/r
+falls with r; rsLoRA keeps alpha/sqrt(r). Evaluation (in this process): batched greedy
+generation on the 50 test prompts, rendered with the training template, bf16.
+
+Peer (PEFT, measured in the same run): the trainable-parameter count PEFT gives for each LoRA
+configuration, and the test exact match of the r=8 all-linear adapter loaded into PEFT.
+
+Also: subspace similarity between the r=8 and r=64 all-linear adapters (paper section 7.2).
+
+    flock /tmp/lorakit-bench.lock .venv/bin/python bench/paper_table.py [--steps 30 --batch-size 4]
+
+Finished rows are cached in ``--work`` (a rerun with the same settings reuses them; ``--fresh``
+retrains). Writes bench/results/paper_table.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "sql_demo"
+RESULTS = ROOT / "bench" / "results"
+MODEL = "smollm2-135m-instruct"
+ALPHA, LORAPLUS_RATIO, LOW_DATA = 16, 16, 100
+QV = "[q_proj, v_proj]"
+
+
+@dataclass
+class Row:
+    name: str
+    method: str
+    target: str = "all-linear"
+    r: int = 0
+    flags: list = field(default_factory=list)
+    n_train: int = 0          # 0 = the whole training file
+    quantize: bool = False    # evaluate on the NF4 base it trained on
+    full: bool = False
+
+
+def table_rows() -> list[Row]:
+    rows = [Row("base", "base model (no training)", target="-"),
+            Row("full", "full fine-tuning", target="all", full=True, flags=["--full"])]
+    for target, modules in (("q,v", QV), ("all-linear", "all-linear")):
+        for r in (1, 4, 8, 16, 64):
+            rows.append(Row(f"lora-{'qv' if target == 'q,v' else 'all'}-r{r}", "LoRA", target, r,
+                            ["--r", str(r), "--lora-alpha", str(ALPHA), "--target-modules", modules]))
+    lora8 = ["--r", "8", "--lora-alpha", str(ALPHA), "--target-modules", "all-linear"]
+    rows += [
+        Row("rslora-all-r64", "rsLoRA", r=64, flags=["--r", "64", "--lora-alpha", str(ALPHA),
+                                                       "--target-modules", "all-linear", "--use-rslora"]),
+        Row("dora-all-r8", "DoRA", r=8, flags=lora8 + ["--use-dora"]),
+        Row("qlora-all-r8", "QLoRA (NF4 base)", r=8, flags=lora8 + ["--quantize", "nf4"], quantize=True),
+        Row("loraplus-all-r8", f"LoRA+ (ratio {LORAPLUS_RATIO})", r=8,
+            flags=lora8 + ["--loraplus-lr-ratio", str(LORAPLUS_RATIO)]),
+        Row("pissa-all-r8", "PiSSA", r=8, flags=lora8 + ["--init-lora-weights", "pissa"]),
+        Row(f"lora-all-r8-n{LOW_DATA}", f"LoRA, {LOW_DATA} examples", r=8, flags=lora8, n_train=LOW_DATA),
+        Row(f"full-n{LOW_DATA}", f"full fine-tuning, {LOW_DATA} examples", target="all", full=True,
+            flags=["--full"], n_train=LOW_DATA),
+    ]
+    return rows
+
+
+# Run order: the rows the goals need first, so an interrupted run still answers them (finished
+# rows are cached; --cached-only builds the table from what is there).
+PRIORITY = ["full", "lora-all-r8", "lora-all-r64", "qlora-all-r8", "lora-all-r1", "lora-all-r4",
+            "lora-all-r16", "lora-qv-r8", "dora-all-r8", "loraplus-all-r8", "pissa-all-r8",
+            "rslora-all-r64", "lora-qv-r1", "lora-qv-r4", "lora-qv-r16", "lora-qv-r64",
+            f"lora-all-r8-n{LOW_DATA}", f"full-n{LOW_DATA}", "base"]
+
+
+def missing_reason(row: Row) -> str | None:
+    """Why this build of lorakit cannot run ``row`` (a feature not in the tree), else None."""
+    from lorakit.inits import is_known_init
+    from lorakit.train.schema import TrainConfig
+    from lorakit.variants import resolve_variant
+
+    fields = TrainConfig.__dataclass_fields__
+    if row.full and "full" not in fields:
+        return "lorakit train has no --full"
+    if row.quantize and "quantize" not in fields:
+        return "lorakit train has no --quantize"
+    if "--loraplus-lr-ratio" in row.flags and "loraplus_lr_ratio" not in fields:
+        return "lorakit train has no --loraplus-lr-ratio"
+    if "pissa" in row.flags and not is_known_init("pissa"):
+        return "no PiSSA init registered"
+    if "--use-dora" in row.flags:
+        try:
+            resolve_variant(type("C", (), {"use_dora": True})())
+        except ValueError:
+            return "no DoRA variant registered"
+    return None
+
+
+# ---- training: one subprocess per row ---------------------------------------------------------
+def train_command(row: Row, args, out: Path, data: Path) -> list[str]:
+    lr = args.lr_full if row.full else args.lr
+    return [sys.executable, "-m", "lorakit.cli", "train", "--model", MODEL, "--data", str(data),
+            "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
+            "--seed", "0", "--save-every", "0", "--no-progress", "--overwrite",
+            "--output-dir", str(out)] + row.flags
+
+
+def run_measured(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd`` (output to ``log``); its wall time, CPU time and peak RSS from ``wait4``."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
+    return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+
+
+def train_row(row: Row, args, work: Path) -> dict:
+    out = work / row.name
+    out.mkdir(parents=True, exist_ok=True)
+    data = DATA / "train.jsonl"
+    if row.n_train:
+        data = work / f"train{row.n_train}.jsonl"
+        data.write_text("".join((DATA / "train.jsonl").read_text().splitlines(keepends=True)[:row.n_train]))
+    load_before = os.getloadavg()[0]
+    result = run_measured(train_command(row, args, out, data), out / "train.log")
+    log = (out / "train.log").read_text()
+    found = re.search(r"trainable ([\d,]+) / ([\d,]+) params", log)
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    artifact = out / ("model" if row.full else "adapter")
+    result.update(trainable=int(found.group(1).replace(",", "")),
+                  loop_s=steps[-1]["elapsed_s"], final_loss=steps[-1]["loss"],
+                  file_bytes=sum(p.stat().st_size for p in artifact.glob("*.safetensors")),
+                  artifact=str(artifact), load_avg_before=load_before, load_avg_after=os.getloadavg()[0])
+    return result
+
+
+# ---- evaluation: in this process --------------------------------------------------------------
+def load_for_row(row: Row, artifact: str | None):
+    import lorakit
+    from lorakit.models import load_model
+
+    model = load_model(artifact if row.full else MODEL, dtype=torch.bfloat16)
+    if row.quantize:
+        from lorakit.quant import quantize
+
+        quantize(model, "nf4")
+    if artifact and not row.full:
+        lorakit.load_adapter(model, artifact)
+    return model
+
+
+def exact_match_of(model, tokenizer, evalset, args) -> dict:
+    from lorakit.eval.evaluate import EvalOptions, evaluate
+
+    options = EvalOptions(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, loss=False)
+    start = time.perf_counter()
+    metrics, records = evaluate(model, tokenizer, evalset, options)
+    return {"exact_match": metrics["exact_match"], "normalized_exact_match": metrics["normalized_exact_match"],
+            "eval_s": time.perf_counter() - start, "sample": records[:3]}
+
+
+# ---- the peer: PEFT ---------------------------------------------------------------------------
+def meta_model():
+    """The base model's modules on the meta device (shapes only, no memory, no weights)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lorakit.models import resolve_model_path
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(MODEL)))
+
+
+def count_base_params() -> int:
+    return sum(p.numel() for p in meta_model().parameters())
+
+
+def peft_trainable(row: Row) -> int | None:
+    """Trainable parameters PEFT reports for the row's LoRA config (model on the meta device)."""
+    if row.full or not row.r:
+        return None
+    import peft
+
+    model = meta_model()
+    target = ["q_proj", "v_proj"] if QV in row.flags else "all-linear"
+    cfg = peft.LoraConfig(r=row.r, lora_alpha=ALPHA, target_modules=target, use_dora="--use-dora" in row.flags,
+                          use_rslora="--use-rslora" in row.flags)
+    return peft.get_peft_model(model, cfg).get_nb_trainable_parameters()[0]
+
+
+def peft_exact_match(adapter: str, tokenizer, evalset, args) -> dict:
+    """The same adapter directory loaded by PEFT, scored by the same generation code."""
+    from peft import PeftModel
+
+    from lorakit.models import load_model
+
+    model = PeftModel.from_pretrained(load_model(MODEL, dtype=torch.bfloat16), adapter)
+    return exact_match_of(model, tokenizer, evalset, args)
+
+
+# ---- subspace similarity (paper section 7.2) --------------------------------------------------
+def subspace_summary(adapter_8: str, adapter_64: str) -> dict:
+    """Mean over layers of phi(1,1), phi(1,64) and phi(8,64) between the r=8 and r=64 adapters,
+    for A's row space (the paper's subject) and dW's output space, per module type and overall,
+    with the random-subspace expectation of each."""
+    from lorakit.analysis import inspect_layers, read_adapter
+    from lorakit.analysis.cli import means_by_type
+
+    _, layers8 = read_adapter(adapter_8)
+    _, layers64 = read_adapter(adapter_64)
+    out = {}
+    for subject in ("A", "dW-out"):
+        rows, _ = inspect_layers(layers8, layers64, subject=subject)
+        keys = ("sim_top", "sim_top_in_other", "sim_all", "sim_top_random", "sim_top_in_other_random")
+        means = {m["module"]: {k: m[k] for k in keys} for m in means_by_type(rows)}
+        means["all"] = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+        out[subject] = means
+    return out
+
+
+# ---- goals ------------------------------------------------------------------------------------
+def goals(results: dict, similarity: dict | None) -> list[dict]:
+    def em(name):
+        return results.get(name, {}).get("exact_match")
+
+    def get(name, key):
+        return results.get(name, {}).get(key)
+
+    out = []
+    full, lora, qlora = em("full"), em("lora-all-r8"), em("qlora-all-r8")
+    pct = get("lora-all-r8", "trainable_pct")
+    if None not in (full, lora, pct):
+        gap = 100 * (full - lora)
+        out.append({"goal": "LoRA r=8 all-linear within 1 point of full FT, <1% trainable",
+                    "measured": f"EM {100 * lora:.1f} vs {100 * full:.1f} (gap {gap:+.1f} pts), {pct:.2f}% trainable",
+                    "met": gap <= 1.0 and pct < 1.0})
+    if None not in (lora, qlora):
+        gap = 100 * (lora - qlora)
+        out.append({"goal": "QLoRA within 2 points of LoRA (r=8 all-linear)",
+                    "measured": f"EM {100 * qlora:.1f} vs {100 * lora:.1f} (gap {gap:+.1f} pts)", "met": gap <= 2.0})
+    mem_full, mem_lora = get("full", "peak_rss_mib"), get("lora-all-r8", "peak_rss_mib")
+    if None not in (mem_full, mem_lora):
+        ratio = mem_full / mem_lora
+        out.append({"goal": "full FT peak training memory >= 2.5x LoRA (r=8 all-linear)",
+                    "measured": f"{mem_full:.0f} MiB vs {mem_lora:.0f} MiB = {ratio:.2f}x", "met": ratio >= 2.5})
+    if similarity:
+        top = similarity["A"]["all"]
+        out.append({"goal": "r=8 vs r=64 top-direction subspace similarity > 0.5",
+                    "measured": f"phi(1,1) of A = {top['sim_top']:.3f} (random {top['sim_top_random']:.4f}); "
+                                f"of dW output space = {similarity['dW-out']['all']['sim_top']:.3f}",
+                    "met": top["sim_top"] > 0.5})
+    return out
+
+
+# ---- outputs ----------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _fmt_bytes(n):
+    return "-" if n is None else (f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB")
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = [f"# Paper table: SmolLM2-135M-Instruct on the SQL demo ({s['steps']} steps x batch {s['batch_size']})",
+             "", f"Machine: {report['machine']}. Command: `{report['command']}`", "",
+             "| row | method | target | r | trainable params | % of base | file size | peak RSS | "
+             "train CPU s | train wall s | test EM | norm. EM | PEFT params |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        res = report["results"].get(row["name"], {})
+        if "missing" in res:
+            lines.append(f"| {row['name']} | {row['method']} | {row['target']} | {row['r'] or '-'} | "
+                         f"missing: {res['missing']} |  |  |  |  |  |  |  |  |")
+            continue
+
+        def num(key, fmt):
+            return "-" if res.get(key) is None else fmt.format(res[key])
+        lines.append(" | ".join([
+            f"| {row['name']}", row["method"], row["target"], str(row["r"] or "-"),
+            num("trainable", "{:,}"), num("trainable_pct", "{:.3f}%"), _fmt_bytes(res.get("file_bytes")),
+            num("peak_rss_mib", "{:.0f} MiB"), num("cpu_s", "{:.0f}"), num("wall_s", "{:.0f}"),
+            num("exact_match_pct", "{:.1f}"), num("normalized_exact_match_pct", "{:.1f}"),
+            num("peft_trainable", "{:,}")]) + " |")
+    if report.get("peft_eval"):
+        p = report["peft_eval"]
+        lines += ["", f"PEFT peer: the lora-all-r8 adapter loaded with PEFT scores EM "
+                      f"{100 * p['exact_match']:.1f} (lorakit: {100 * p['lorakit_exact_match']:.1f}); "
+                      f"generation on the 50 test prompts took {p['eval_s']:.0f} s with PEFT vs "
+                      f"{p['lorakit_eval_s']:.0f} s with lorakit (ratio {p['eval_s'] / p['lorakit_eval_s']:.2f}, "
+                      "same machine load caveat as the other times)."]
+    if report.get("similarity"):
+        lines += ["", "Subspace similarity, r=8 vs r=64 all-linear (mean over layers; random baseline in brackets):",
+                  "", "| subject | modules | phi(1,1) | phi(1,64) | phi(8,64) |", "|---|---|---|---|---|"]
+        for subject, groups in report["similarity"].items():
+            for name, v in groups.items():
+                lines.append(f"| {subject} | {name} | {v['sim_top']:.3f} ({v['sim_top_random']:.4f}) | "
+                             f"{v['sim_top_in_other']:.3f} ({v['sim_top_in_other_random']:.3f}) | {v['sim_all']:.3f} |")
+    lines += ["", "| goal | measured | met |", "|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else 'no'} |" for g in report["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for row in report["rows"]:
+        res = report["results"].get(row["name"], {})
+        if res.get("trainable") is None or res.get("exact_match") is None:
+            continue
+        low = bool(row["n_train"])
+        marker = "s" if row["full"] else ("^" if low else "o")
+        color = "tab:red" if row["full"] else ("tab:orange" if low else "tab:blue")
+        ax.scatter(res["trainable"], 100 * res["exact_match"], marker=marker, color=color)
+        ax.annotate(row["name"], (res["trainable"], 100 * res["exact_match"]), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel("test exact match (%)")
+    s = report["settings"]
+    ax.set_title(f"SmolLM2-135M on the SQL demo, {s['steps']} steps x {s['batch_size']}: accuracy vs trainable params",
+                 fontsize=9)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- main -------------------------------------------------------------------------------------
+def settings_of(args) -> dict:
+    return {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "lr_full", "max_new_tokens")}
+
+
+def run_row(row: Row, args, work: Path, tokenizer, evalset) -> dict:
+    cache = work / row.name / "row.json"
+    if cache.exists() and not args.fresh:
+        cached = json.loads(cache.read_text())
+        if cached.get("settings") == settings_of(args):
+            return cached["result"]
+    reason = missing_reason(row)
+    if reason:
+        return {"missing": reason}
+    if args.cached_only:
+        return {"missing": "not run (no cached result with these settings)"}
+    result = train_row(row, args, work) if row.name != "base" else {}
+    model = load_for_row(row, result.get("artifact"))
+    result.update(exact_match_of(model, tokenizer, evalset, args))
+    del model
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"settings": settings_of(args), "result": result}, indent=2))
+    return result
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of every adapter row (the demo's)")
+    p.add_argument("--lr-full", type=float, default=1e-4, help="learning rate of full fine-tuning")
+    # the longest reference is 29 tokens; a longer answer cannot match exactly
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=50)
+    p.add_argument("--rows", help="comma-separated row names to run (default: all)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "paper_table"))
+    p.add_argument("--fresh", action="store_true", help="retrain rows even if cached")
+    p.add_argument("--cached-only", action="store_true", help="train nothing: build the table from cached rows")
+    p.add_argument("--out", default=str(RESULTS), help="directory for paper_table.{json,md,png}")
+    return p.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    from lorakit.eval.prompts import load_eval_set
+    from lorakit.models import load_tokenizer
+
+    work = Path(args.work)
+    tokenizer = load_tokenizer(MODEL)
+    evalset = load_eval_set(str(DATA / "test.jsonl"), tokenizer)
+    base_params = count_base_params()
+    rows = table_rows()
+    if args.rows:
+        wanted = args.rows.split(",")
+        rows = [r for r in rows if r.name in wanted]
+    results = {}
+    for row in sorted(rows, key=lambda r: PRIORITY.index(r.name)):
+        print(f"[{time.strftime('%H:%M:%S')}] {row.name} ...", flush=True)
+        res = results[row.name] = run_row(row, args, work, tokenizer, evalset)
+        if "trainable" in res:
+            res["trainable_pct"] = 100 * res["trainable"] / base_params
+        if "exact_match" in res:
+            res["exact_match_pct"] = 100 * res["exact_match"]
+            res["normalized_exact_match_pct"] = 100 * res["normalized_exact_match"]
+        if "missing" not in res and "peft_trainable" not in res:
+            res["peft_trainable"] = peft_trainable(row)
+        print(f"    {json.dumps({k: v for k, v in res.items() if k != 'sample'})}", flush=True)
+    report = {"machine": machine(), "settings": settings_of(args), "base_params": base_params,
+              "command": "flock /tmp/lorakit-bench.lock .venv/bin/python bench/paper_table.py "
+                         + " ".join(sys.argv[1:]),
+              "rows": [asdict(r) for r in rows], "results": results}
+    r8, r64 = results.get("lora-all-r8", {}), results.get("lora-all-r64", {})
+    if "artifact" in r8:
+        report["peft_eval"] = peft_exact_match(r8["artifact"], tokenizer, evalset, args)
+        report["peft_eval"].update(lorakit_exact_match=r8["exact_match"], lorakit_eval_s=r8["eval_s"])
+    if "artifact" in r8 and "artifact" in r64:
+        report["similarity"] = subspace_summary(r8["artifact"], r64["artifact"])
+    report["goals"] = goals(results, report.get("similarity"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "paper_table.json").write_text(json.dumps(report, indent=2))
+    (out / "paper_table.md").write_text(markdown(report))
+    plot(report, out / "paper_table.png")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

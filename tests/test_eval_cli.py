@@ -186,3 +186,22 @@ def test_eval_rejects_data_that_does_not_fit_the_task(tiny_lm, tmp_path, capsys)
     data = _write_jsonl(tmp_path / "cls.jsonl", [{"text": "x", "label": 1}])
     assert main(["eval", "--model", str(root / "model"), "--data", str(data), "--out", str(tmp_path / "e.json")]) == 2
     assert "classification data does not fit --task causal_lm" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sql_demo_prompts_are_smollm2_generation_prompts():
+    """On the real tokenizer, every eval prompt of the shipped test split is exactly the chat
+    template's generation prompt for the conversation without its answer."""
+    from lorakit.models import load_tokenizer
+    from lorakit.train.readers import read_rows
+
+    tok = load_tokenizer("smollm2-135m-instruct")
+    path = "data/sql_demo/test.jsonl"
+    evalset = load_eval_set(path, tok)
+    rows = read_rows(path)
+    assert len(evalset.prompts) == len(rows) == 50
+    for prompt, reference, row in zip(evalset.prompts, evalset.references, rows):
+        messages = row.record["messages"]
+        text = tok.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        assert prompt == tok(text, add_special_tokens=False)["input_ids"]
+        assert reference == messages[-1]["content"]

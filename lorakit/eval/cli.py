@@ -23,18 +23,21 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name or directory")
     p.add_argument("--adapter", help="PEFT LoRA adapter directory (evaluated next to the base model)")
     p.add_argument("--data", required=True, help="eval data file (.jsonl/.json/.csv/.parquet)")
-    p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm")
-    p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "text", "classification"])
+    p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
+                   help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
+    p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "text", "classification"],
+                   help="data format; auto detects it from the first row's keys (as in training)")
     p.add_argument("--instruction-template", default="alpaca", choices=["alpaca", "chat"],
                    help="prompt of instruction rows: use the one the adapter was trained with")
     p.add_argument("--scorer", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="extra metric fn(prediction, reference) -> number; repeatable; a file.py:fn works too")
     p.add_argument("--label-names", help="seq_cls: comma-separated class names in id order (default: from the data)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="generation stops here or at end of turn")
     p.add_argument("--max-seq-len", type=int, default=2048, help="longest eval example in tokens")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward / generate call")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only (0 = all)")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the base model is loaded in (adapter weights stay float32)")
     p.add_argument("--quantize", default="none", choices=["none", "nf4"],
                    help="quantize the base to NF4 first (evaluate a QLoRA adapter on the base it trained on)")
     p.add_argument("--no-loss", dest="loss", action="store_false", help="skip loss / perplexity")

@@ -43,8 +43,11 @@ def lora_rows(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: torch.
     h = x.unsqueeze(1) if squeeze else x.reshape(x.shape[0], -1, x.shape[-1])
     safe, scale = gather_slots(slot, scaling)
     h = h.to(A.dtype)
-    h = torch.bmm(h, A[safe].transpose(1, 2))
-    h = torch.bmm(h, B[safe].transpose(1, 2)) * scale.to(h.dtype)[:, None, None]
+    if A.shape[0] == 1:  # one adapter for every row: plain matmuls, no per-row copies of A and B
+        h = F.linear(F.linear(h, A[0]), B[0]) * scale.to(h.dtype)[:, None, None]
+    else:  # index_select copies whole slices; A[safe] goes element by element (~3x slower on CPU)
+        h = torch.bmm(h, A.index_select(0, safe).transpose(1, 2))
+        h = torch.bmm(h, B.index_select(0, safe).transpose(1, 2)) * scale.to(h.dtype)[:, None, None]
     if squeeze:
         return h.squeeze(1)
     return h.reshape(*x.shape[:-1], B.shape[1])

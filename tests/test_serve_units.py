@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import lorakit
 from lorakit.serve.cache import HostCache, read_adapter
-from lorakit.serve.engine import Delta, Done, Engine, Failed, Request
+from lorakit.serve.engine import Delta, Done, Engine, Failed, Request, prefill_groups
 from lorakit.serve.metrics import ServerMetrics
 from lorakit.serve.registry import AdapterRegistry, RegistryError
 from lorakit.serve.sampling import SamplingParams, make_generator, sample_row
@@ -38,9 +38,10 @@ def _pool(base, n_slots=4, max_rank=8):
     return model, pool, HostCache(pool.layer_shapes, torch.float32)
 
 
-def test_slot_pool_rows_equal_library_adapter_per_row(setup):
+@pytest.mark.parametrize("names", [["alpha", "beta", None, "gamma", "delta", "alpha"],
+                                   ["alpha", None, "alpha", "alpha"]])  # mixed; one adapter + base
+def test_slot_pool_rows_equal_library_and_one_at_a_time(setup, names):
     base, root = setup
-    names = ["alpha", "beta", None, "gamma", "delta", "alpha"]
     ids = torch.randint(0, 49152, (len(names), 7), generator=torch.Generator().manual_seed(0))
     reference = copy.deepcopy(base)
     for name in ("beta", "alpha", "gamma", "delta"):  # the all-linear one first: added after another adapter,
@@ -54,9 +55,21 @@ def test_slot_pool_rows_equal_library_adapter_per_row(setup):
     with torch.no_grad():
         got = model(ids).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    offline = Offline(base, None, root)  # each row alone, through the single-adapter forward
+    with torch.no_grad():
+        alone = torch.cat([offline.model(n)(ids[i: i + 1]).logits for i, n in enumerate(names)])
+    torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-4)
     pool.activate([-1] * len(names))  # base rows only: the plain base model
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, base(ids).logits, rtol=0, atol=0)
+
+
+def test_prefill_groups_bound_padding():
+    reqs = [Request(list(range(n)), SamplingParams(), print) for n in (40, 3, 11, 3, 4, 10, 1)]
+    groups = prefill_groups(reqs)
+    assert [[len(r.prompt_ids) for r in g] for g in groups] == [[1], [3, 3, 4], [10, 11], [40]]
+    for g in groups:  # padded tokens stay within 25% of real ones
+        assert max(len(r.prompt_ids) for r in g) * len(g) <= 1.25 * sum(len(r.prompt_ids) for r in g)
 
 
 def test_slot_reuse_is_lru_and_pinned_slots_are_kept(setup):

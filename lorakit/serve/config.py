@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import torch
+
 
 def _opt(default, help_text: str, **extra):
     return field(default=default, metadata={"help": help_text, **extra})
@@ -26,11 +28,14 @@ class ServeConfig:
     port: int = _opt(8000, "port to listen on")
     api_key: str = _opt("", "require 'Authorization: Bearer KEY' on every endpoint except /health "
                             "(default: $LORAKIT_API_KEY, else no auth)")
-    dtype: str = _opt("bfloat16", "model and adapter-slot dtype", choices=("bfloat16", "float16", "float32"))
+    dtype: str = _opt("bfloat16", "base model dtype", choices=("bfloat16", "float16", "float32"))
+    slot_dtype: str = _opt("auto", "adapter-slot dtype (auto: --dtype); float32 keeps adapter weights "
+                                   "exact at some speed cost", choices=("auto", "bfloat16", "float16", "float32"))
     threads: int = _opt(0, "torch CPU threads (0: torch's default)")
     max_batch: int = _opt(32, "most sequences decoded together in one step")
     max_slots: int = _opt(32, "adapter slots (distinct adapters in one batch)")
-    max_rank: int = _opt(64, "largest adapter rank the slots hold")
+    max_rank: int = _opt(16, "largest adapter rank the slots hold; the mixed-batch LoRA cost "
+                             "grows with it, so set it to your largest adapter rank")
     host_cache: int = _opt(128, "adapters kept in host memory (LRU) behind the slots")
     max_queue: int = _opt(256, "requests waiting for a batch place; beyond it the server answers 429")
     max_tokens: int = _opt(1024, "cap on a request's max_tokens")
@@ -53,6 +58,9 @@ class ServeConfig:
     @property
     def model_id(self) -> str:
         return self.served_model_name or self.model
+
+    def slot_torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype if self.slot_dtype == "auto" else self.slot_dtype)
 
 
 def fields():

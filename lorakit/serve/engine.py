@@ -2,8 +2,9 @@
 adapters, in one background thread.
 
 Each iteration: run queued calls (slot bookkeeping from the API), drop cancelled and timed-out
-requests, admit waiting requests while the batch has room (each pins an adapter slot and is
-prefilled alone into its own KV cache, which then joins the left-padded batch cache), and run
+requests, admit waiting requests while the batch has room and the step's prefill budget lasts
+(each pins an adapter slot; they are prefilled in groups of similar prompt length, one
+left-padded forward per group, into a KV cache that then joins the running batch's), and run
 one decode step for every running sequence together. Row ``b`` of a step uses its request's
 adapter slot, so requests for different adapters share every base matmul. Finished sequences
 leave the batch between steps.
@@ -98,6 +99,22 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def prefill_groups(requests: list[Request], max_padding: float = 0.25) -> list[list[Request]]:
+    """Split ``requests`` into groups of similar prompt length, one prefill forward each: sorted
+    by length, a group closes when padding would exceed ``max_padding`` of its tokens."""
+    groups: list[list[Request]] = []
+    real = 0
+    for req in sorted(requests, key=lambda r: len(r.prompt_ids)):
+        n = len(req.prompt_ids)  # the longest so far: it sets the group's width
+        if groups and n * (len(groups[-1]) + 1) <= (1 + max_padding) * (real + n):
+            groups[-1].append(req)
+            real += n
+        else:
+            groups.append([req])
+            real = n
+    return groups
+
+
 class Engine:
     def __init__(self, model, tokenizer, pool: SlotPool, max_batch: int = 32, max_queue: int = 256,
                  prefill_tokens_per_step: int = 4096, metrics: ServerMetrics | None = None):
@@ -189,8 +206,8 @@ class Engine:
 
     def _step(self) -> None:
         self._drop_expired()
-        for req in self._admit():
-            self._prefill(req)
+        for group in prefill_groups(self._admit()):
+            self._prefill(group)
         if self._running:
             self._decode()
 
@@ -241,22 +258,38 @@ class Engine:
         self.pool.activate(slots)
         return self.model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache}, **kw)
 
-    def _prefill(self, req: Request) -> None:
+    def _prefill(self, group: list[Request]) -> None:
+        """One forward over ``group``'s prompts, left-padded to the longest (a padded key is
+        masked; positions count real tokens only), then each row's first token; rows that go
+        on join the running batch with their KV cache."""
+        lengths = [len(r.prompt_ids) for r in group]
+        width, pad = max(lengths), self.tokenizer.pad_token_id or 0
+        kw = dict(self._keep_last)
+        ids = torch.tensor([[pad] * (width - n) + r.prompt_ids for r, n in zip(group, lengths)])
+        if len(set(lengths)) > 1:
+            mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
+            kw.update(attention_mask=mask.to(self.pool.device),
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.pool.device))
         try:
             cache = DynamicCache()
-            ids = torch.tensor([req.prompt_ids], device=self.pool.device)
-            out = self._forward(ids, cache, [req.slot], **self._keep_last)
+            out = self._forward(ids.to(self.pool.device), cache, [r.slot for r in group], **kw)
         except Exception as err:
             log.exception("prefill failed")
-            self._end(req, Failed(500, f"generation failed: {type(err).__name__}: {err}"))
+            for req in group:
+                self._end(req, Failed(500, f"generation failed: {type(err).__name__}: {err}"))
             return
-        self.metrics.prompt_tokens.inc(len(req.prompt_ids))
-        req.stream = TextStream(self.tokenizer, req.params.stop)
-        req.generator = make_generator(req.params.seed)
-        token = next_tokens(out.logits[:, -1], [req.params], [req.generator])[0]
-        if self._advance(req, token):
-            self._kv.join(cache, len(req.prompt_ids))
-            self._running.append(req)
+        self.metrics.prompt_tokens.inc(sum(lengths))
+        for req in group:
+            req.stream = TextStream(self.tokenizer, req.params.stop)
+            req.generator = make_generator(req.params.seed)
+        tokens = next_tokens(out.logits[:, -1], [r.params for r in group], [r.generator for r in group])
+        keep = [i for i, (req, token) in enumerate(zip(group, tokens)) if self._advance(req, token)]
+        if keep:
+            joining = BatchKV()
+            joining.join(cache, lengths)
+            joining.keep(keep)
+            self._kv.join(joining.cache, joining.lengths)
+            self._running += [group[i] for i in keep]
 
     def _decode(self) -> None:
         reqs = self._running

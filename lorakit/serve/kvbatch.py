@@ -1,13 +1,14 @@
 """The KV cache of the running batch: one row per sequence, left-padded to a common length.
 
-Each sequence is prefilled alone (its own cache, no padding), then joins the batch: the shorter
-side is left-padded with zeros and the rows are concatenated. Every decode step appends one
-column for all rows, so a row's real tokens are always its last ``lengths[b]`` columns and the
-attention mask is ``mask[b, j] = j >= L - lengths[b]``. A finished row leaves by row selection,
-and columns that are padding for every remaining row are trimmed.
+Newly admitted sequences are prefilled together into their own left-padded cache, which then
+joins the batch: the narrower side is left-padded with zeros and the rows are concatenated.
+Every decode step appends one column for all rows, so a row's real tokens are always its last
+``lengths[b]`` columns and the attention mask is ``mask[b, j] = j >= L - lengths[b]``. A
+finished row leaves by row selection, and columns that are padding for every remaining row are
+trimmed.
 
-Padding keys/values are zeros and always masked, so a row computes exactly what it would
-compute alone (up to float summation order).
+Padding keys/values are never attended to (masked), so a row computes what it would compute
+alone, up to float summation order.
 """
 
 from __future__ import annotations
@@ -33,19 +34,20 @@ class BatchKV:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def join(self, cache, length: int) -> None:
-        """Append the rows of ``cache`` (each holding ``length`` real tokens, unpadded)."""
+    def join(self, cache, lengths: list[int]) -> None:
+        """Append the rows of ``cache``, left-padded to ``max(lengths)`` columns; row ``i``
+        holds ``lengths[i]`` real tokens."""
         for layer in cache.layers:
             if getattr(layer, "is_sliding", False):
                 raise ValueError("sliding-window attention caches cannot be batched by left padding")
         if self.cache is None:
-            self.cache, self.lengths = cache, [length] * _rows(cache)
+            self.cache, self.lengths = cache, list(lengths)
             return
-        width = max(self.width, length)
+        width = max(self.width, *lengths)
         for old, new in zip(self.cache.layers, cache.layers):
             old.keys = torch.cat([_pad_left(old.keys, width), _pad_left(new.keys, width)])
             old.values = torch.cat([_pad_left(old.values, width), _pad_left(new.values, width)])
-        self.lengths += [length] * _rows(cache)
+        self.lengths += list(lengths)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (in that order); trim columns that no kept row uses."""
@@ -68,10 +70,6 @@ class BatchKV:
     def grew(self, extra: int = 1) -> None:
         """Record that a forward appended ``extra`` real tokens to every row."""
         self.lengths = [n + extra for n in self.lengths]
-
-
-def _rows(cache) -> int:
-    return cache.layers[0].keys.shape[0]
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -29,11 +29,11 @@ class Server:
         self.config, self.tokenizer = config, tokenizer
         self.model_id = config.model_id
         self.api_key = config.api_key or os.environ.get("LORAKIT_API_KEY", "")
-        self.dtype = next(model.parameters()).dtype
+        self.slot_dtype = config.slot_torch_dtype()
         self.max_length = getattr(model.config, "max_position_embeddings", None)
         self.metrics = ServerMetrics()
-        self.pool = SlotPool(model.eval(), config.max_slots, config.max_rank, self.dtype)
-        self.cache = HostCache(self.pool.layer_shapes, self.dtype, config.host_cache)
+        self.pool = SlotPool(model.eval(), config.max_slots, config.max_rank, self.slot_dtype)
+        self.cache = HostCache(self.pool.layer_shapes, self.slot_dtype, config.host_cache)
         self.registry = AdapterRegistry(config.adapters or None, base_name=self.model_id)
         self.engine = Engine(model, tokenizer, self.pool, config.max_batch, config.max_queue,
                              config.prefill_tokens_per_step, self.metrics)

@@ -86,21 +86,27 @@ class SlotPool:
         self._unpinned: OrderedDict[int, None] = OrderedDict((i, None) for i in range(n_slots))
         self.slot = torch.full((0,), -1, dtype=torch.long)
         self._rank = 0
+        self._only: int | None = None  # the single slot of a one-adapter step
         self.hits = self.misses = 0
 
     # ---- the RowAdapters protocol -----------------------------------------------------------
     def weights(self, layer: LoraLayer):
-        """The layer's stacked slot buffers, sliced to the largest rank of this step."""
+        """The layer's stacked slot buffers for this step: sliced to the step's largest rank,
+        and to the one slot in use when every adapter row uses the same adapter (``lora_rows``
+        then runs plain matmuls instead of per-row gathers)."""
         a, b, s = self._buffers[id(layer)]
-        return a[:, : self._rank], b[:, :, : self._rank], s
+        pick = slice(None) if self._only is None else slice(self._only, self._only + 1)
+        return a[pick, : self._rank], b[pick, :, : self._rank], s[pick]
 
     def activate(self, slot_per_row: list[int]) -> None:
         """Route the next forward: row ``b`` uses slot ``slot_per_row[b]`` (-1: base). A batch
         with no adapter row runs the plain base (no LoRA work at all)."""
-        used = [i for i in slot_per_row if i >= 0]
+        used = {i for i in slot_per_row if i >= 0}
         plan = self if used else None
         if used:
-            self.slot = torch.tensor(slot_per_row, dtype=torch.long, device=self.device)
+            self._only = next(iter(used)) if len(used) == 1 else None
+            rows = slot_per_row if self._only is None else [0 if i >= 0 else -1 for i in slot_per_row]
+            self.slot = torch.tensor(rows, dtype=torch.long, device=self.device)
             self._rank = max(self.rank_of[i] for i in used)
         for layer in self.layers.values():
             layer.rows = plan

@@ -89,14 +89,19 @@ class _Rescale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         y, g, bias = ctx.saved_tensors
+        out = g.shape[0]
         grad_z = grad_y * g.to(grad_y.dtype)
-        z = y.float() if bias is None else y.float() - bias.float()
+        # grad_g = sum_t grad_y * z = (sum_t grad_y * y - bias * sum_t grad_y) / g: products in
+        # the activations' dtype, sums in fp32, the division on [out] only.
+        grad_y2 = grad_y.reshape(-1, out)
+        dot = (grad_y2 * y.reshape(-1, out)).sum(0, dtype=torch.float32)
+        grad_bias = grad_y2.sum(0, dtype=torch.float32) if bias is not None else None
+        if bias is not None:
+            dot = dot - bias.float() * grad_bias
         # A row with g == 0 (magnitude exactly 0) has lost z; its gradient is taken as 0.
-        z = torch.where(g != 0, z / g, 0.0)
-        grad_g = (grad_y.float() * z).reshape(-1, g.shape[0]).sum(0)
-        grad_bias = None
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad_y.reshape(-1, g.shape[0]).sum(0).to(bias.dtype)
+        grad_g = torch.where(g != 0, dot / g, 0.0)
+        if grad_bias is not None:
+            grad_bias = grad_bias.to(bias.dtype) if ctx.needs_input_grad[2] else None
         return grad_z, grad_g, grad_bias
 
 

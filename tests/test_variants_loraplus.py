@@ -112,3 +112,27 @@ def test_lora_fa_saved_only_when_set_and_survives_reload(base_dir, tmp_path):
     with pytest.warns(UserWarning, match="lora_fa"):  # PEFT reads it as an unknown key, nothing more
         theirs = peft.PeftModel.from_pretrained(load_base(base_dir), tmp_path / "fa").eval()
     torch.testing.assert_close(logits(theirs), logits(again), rtol=1e-5, atol=1e-5)
+
+
+def _saved_bytes(model, x):
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def test_lora_fa_keeps_less_for_the_backward():
+    """With A frozen, autograd no longer keeps each layer's (fp32-cast) input for A's gradient."""
+    saved = []
+    for fa in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64)).bfloat16()
+        lorakit.add_adapter(model, lorakit.LoraConfig(r=4, target_modules=["0", "2"], lora_fa=fa))
+        saved.append(_saved_bytes(model, torch.randn(128, 64, dtype=torch.bfloat16, requires_grad=True)))
+    assert saved[1] < 0.5 * saved[0]

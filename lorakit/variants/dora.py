@@ -10,9 +10,10 @@ forward never forms ``W + s*B@A``: with ``g = m / norm``,
 
     y = bias + g * (W x + s * B(A x))
 
-which reuses the base layer's output ``W x`` and saves one ``[tokens, out]`` activation for
-the backward (``W x + s*B A x``; PEFT saves two). The norm comes from ``dora_row_norm``, which
-expands the square instead of materialising the ``out x in`` sum (see its docstring).
+which reuses the base layer's output ``W x``. For the gradient of ``g`` autograd keeps the
+layer's output ``y`` (``_Rescale``), which the next op usually keeps anyway; PEFT keeps two more
+``[tokens, out]`` tensors per layer. The norm comes from ``dora_row_norm``, which expands the
+square instead of materialising the ``out x in`` sum (see its docstring).
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ class DoraVariant(Variant):
         lora = ops.lora_linear(dx, a, b, s).to(result.dtype)
         return result - wx + g * (wx + lora)
 
+    @torch.no_grad()
     def delta_weight(self, layer, adapter: str) -> torch.Tensor:
         """``W' - W`` in the base weight's layout (fp32), for the current base weight ``W``."""
         weight = _weight(layer).detach().float()
@@ -166,6 +168,7 @@ class DoraVariant(Variant):
         factor = layer.lora_magnitude_vector[adapter].detach().float() / norm
         return _rows(factor, layer.fan_in_fan_out) * summed, factor
 
+    @torch.no_grad()
     def merge(self, layer, adapter: str, safe: bool) -> None:
         weight = layer.base_weight()
         new, factor = self._merged_weight(layer, adapter, weight.data.float())
@@ -175,6 +178,7 @@ class DoraVariant(Variant):
         weight.data.copy_(new.to(weight.dtype))
         layer.dora_merge_factor[adapter] = factor
 
+    @torch.no_grad()
     def unmerge(self, layer, adapter: str) -> None:
         weight = layer.base_weight()
         factor = layer.dora_merge_factor.pop(adapter)

@@ -282,3 +282,39 @@ def test_metrics_text_format():
     assert 'lorakit_request_latency_seconds_bucket{endpoint="chat",le="+Inf"} 2' in text
     assert 'lorakit_request_latency_seconds_sum{endpoint="chat"} 7.3' in text
     assert "# TYPE lorakit_batch_size histogram" in text and "lorakit_x 3" in text
+
+
+def test_sliding_window_models_are_refused():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model = MistralForCausalLM(MistralConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, sliding_window=16))
+    with pytest.raises(ValueError, match="sliding-window attention"):
+        Engine(model, tokenizer(), SlotPool(model, 1, 2))
+
+
+def test_failing_forward_fails_its_requests_and_engine_goes_on(setup):
+    base, root = setup
+    tok = tokenizer()
+    model, pool, cache = _pool(base)
+    real_activate, calls = pool.activate, []
+
+    def flaky(slots):  # the first forward blows up
+        calls.append(slots)
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        real_activate(slots)
+
+    pool.activate = flaky
+    engine = Engine(model, tok, pool).start()
+    results = []
+    for _ in range(2):
+        ev = threading.Event()
+        engine.submit(Request([5, 6, 7], SamplingParams(max_tokens=3, temperature=0),
+                              lambda e, ev=ev: (results.append(e), ev.set()) if not isinstance(e, Delta) else None,
+                              cache.get("alpha", root / "alpha")))
+        assert ev.wait(30)
+    engine.stop()
+    assert isinstance(results[0], Failed) and results[0].status == 500 and "simulated" in results[0].message
+    assert isinstance(results[1], Done) and results[1].completion_tokens == 3
+    assert pool.pins == [0] * pool.n_slots  # the failed request gave its slot back

@@ -82,6 +82,7 @@ class Request:
     generator: torch.Generator | None = None
     last_token: int = -1
     generated: int = 0
+    finished: bool = False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -122,6 +123,9 @@ class Engine:
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefill_tokens_per_step = prefill_tokens_per_step
         self.metrics = metrics or ServerMetrics()
+        if any(getattr(layer, "is_sliding", False) for layer in DynamicCache(config=model.config).layers):
+            raise ValueError(f"{type(model).__name__} uses sliding-window attention, whose cache cannot "
+                             "be batched by left padding; lorakit serve does not support it")
         self.eos = eos_ids(model, tokenizer)
         self.max_length = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         params = inspect.signature(model.forward).parameters
@@ -191,9 +195,9 @@ class Engine:
                     if self._stopping:
                         break
                     calls, self._calls = self._calls, []
-                for fn in calls:
-                    fn()
                 try:
+                    for fn in calls:
+                        fn()
                     self._step()
                 except Exception as err:  # a failing forward must not kill the server
                     log.exception("engine step failed")
@@ -206,8 +210,15 @@ class Engine:
 
     def _step(self) -> None:
         self._drop_expired()
-        for group in prefill_groups(self._admit()):
-            self._prefill(group)
+        admitted = self._admit()
+        try:
+            for group in prefill_groups(admitted):
+                self._prefill(group)
+        except Exception as err:  # admitted requests are in no list yet: answer them here
+            for req in admitted:
+                if req not in self._running:
+                    self._end(req, Failed(500, f"generation failed: {type(err).__name__}: {err}"))
+            raise
         if self._running:
             self._decode()
 
@@ -332,7 +343,10 @@ class Engine:
         return False
 
     def _end(self, req: Request, event) -> None:
-        """Answer ``req`` for good (a cancelled request's client is gone: nothing is sent)."""
+        """Answer ``req`` for good, once (a cancelled request's client is gone: nothing is sent)."""
+        if req.finished:
+            return
+        req.finished = True
         self._release(req)
         if not req.cancelled or isinstance(event, Done):
             req.emit(event)

@@ -37,9 +37,6 @@ class BatchKV:
     def join(self, cache, lengths: list[int]) -> None:
         """Append the rows of ``cache``, left-padded to ``max(lengths)`` columns; row ``i``
         holds ``lengths[i]`` real tokens."""
-        for layer in cache.layers:
-            if getattr(layer, "is_sliding", False):
-                raise ValueError("sliding-window attention caches cannot be batched by left padding")
         if self.cache is None:
             self.cache, self.lengths = cache, list(lengths)
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -313,3 +314,20 @@ def test_timeout_and_graceful_shutdown(tmp_path):
     assert not live.thread.is_alive()
     with pytest.raises(openai.APIConnectionError):
         client.completions.create(model="alpha", prompt="x", max_tokens=2)
+
+
+def test_client_going_away_stops_its_generation(tmp_path):
+    base, tok = tiny_model(), tokenizer()
+    write_adapters(base, tmp_path, {"alpha": dict(r=2, target_modules=["q_proj"])})
+    server = make_server(base, tok, tmp_path, max_tokens=2000, max_prompt_tokens=100)
+    with one_thread(), LiveServer(server) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json={"model": "alpha", "prompt": "a b", "max_tokens": 2000,
+                                                          "temperature": 0, "stream": True}) as r:
+            assert next(r.iter_lines()).startswith("data: ")  # one chunk, then the client hangs up
+        deadline = time.monotonic() + 10
+        while server.engine.counts() != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.engine.counts() == (0, 0)
+        text = http.get("/metrics").text
+    generated = float(text.split("\nlorakit_generation_tokens_total ")[1].split()[0])
+    assert generated < 1000, generated  # stopped long before its 2000 tokens

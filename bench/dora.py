@@ -11,6 +11,7 @@ Memory: each configuration runs alone in a fresh process (one forward/backward a
 its peak RSS, and the bytes autograd saves for the backward of one forward (a deterministic
 measure of activation memory).
 
+Projections: forward + backward of one layer's seven projections alone, the adapter's own cost.
 Row norm: the DoRA norm alone for SmolLM2's 210 projections, lorakit's expanded form against
 PEFT's DoraLinearLayer code, on random weights (no model).
 
@@ -171,6 +172,37 @@ def norm_worker(repeats: int) -> dict:
     return out
 
 
+def layers_worker(repeats: int) -> dict:
+    """Forward + backward of the seven projections of one SmolLM2 layer alone (bf16 base, fp32
+    adapters, 512 tokens, inputs requiring grad), per configuration: the adapter's own cost
+    without attention, the output head and the loss around it."""
+    import peft
+
+    import lorakit
+
+    def build_layers(library: str, method: str) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.ModuleList(nn.Linear(i, o, bias=False) for o, i in SHAPES).bfloat16()
+        names = [str(i) for i in range(len(SHAPES))]
+        if library == "lorakit":
+            cfg = lorakit.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, use_dora=method == "dora")
+            return lorakit.add_adapter(model, cfg)
+        cfg = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=names, use_dora=method == "dora")
+        return peft.get_peft_model(model, cfg).base_model.model
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(BATCH * SEQ, i, generator=g).bfloat16().requires_grad_() for _, i in SHAPES]
+    runs = {f"{lib}/{m}": build_layers(lib, m) for lib, m in CONFIGS}
+    times = {key: [] for key in runs}
+    for step in range(repeats + 2):
+        for key, layers in runs.items():
+            start = time.perf_counter()
+            sum(layer(x).float().sum() for layer, x in zip(layers, xs)).backward()
+            if step >= 2:
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
 # ---- driver -----------------------------------------------------------------------------------
 def run_worker(threads: int, *args: str) -> dict:
     cmd = [sys.executable, __file__, "--threads", str(threads), "--worker", *args]
@@ -231,6 +263,7 @@ def main() -> None:
     if args.worker:
         kind, *rest = args.worker
         workers = {"timing": lambda: timing_worker(args.steps), "norm": lambda: norm_worker(20),
+                   "layers": lambda: layers_worker(20),
                    "memory": lambda: memory_worker(*rest)}
         result = workers[kind]()
         print(json.dumps(result))
@@ -242,6 +275,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     timing = run_worker(args.threads, "timing", "--steps", str(args.steps))
     norm = run_worker(args.threads, "norm")
+    layers = run_worker(args.threads, "layers")
     load = (load_before, os.getloadavg()[0])
     table = summarise(memory, timing)
     header = (f"DoRA vs LoRA training step, SmolLM2-135M bf16, batch {BATCH}x{SEQ}, r={RANK}, all-linear, AdamW\n"
@@ -249,6 +283,10 @@ def main() -> None:
               f"{load[0]:.1f} -> {load[1]:.1f} during timing; {args.steps} interleaved timed steps "
               "per config (+1 warm-up)")
     print_table(table, header)
+    print("one layer's 7 projections alone, forward + backward (ms): " + ", ".join(
+        f"{k} {v * 1e3:.1f}" for k, v in layers.items())
+          + f"; DoRA/LoRA: lorakit {layers['lorakit/dora'] / layers['lorakit/lora']:.3f}, "
+          f"PEFT {layers['peft/dora'] / layers['peft/lora']:.3f}")
     print(f"DoRA row norm, all {N_LAYERS * len(SHAPES)} projections of one forward: lorakit "
           f"{norm['lorakit'] * 1e3:.1f} ms, PEFT {norm['peft'] * 1e3:.1f} ms "
           f"(x{norm['peft'] / norm['lorakit']:.1f})")
@@ -256,6 +294,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({"setup": header, "command": "flock /tmp/lorakit-bench.lock "
                                    ".venv/bin/python bench/dora.py " + " ".join(sys.argv[1:]),
                                    "results": table, "row_norm_s_per_forward": norm,
+                                   "projections_fwd_bwd_s": layers,
                                    "memory_runs": memory, "timing_runs": timing}, indent=2))
     print(f"wrote {RESULTS}")
 

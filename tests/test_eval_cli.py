@@ -123,6 +123,25 @@ def test_eval_loss_is_hugging_face_loss_on_the_answer_tokens(tiny_lm, tmp_path):
     assert result["tokens"] == len(rest) and "exact_match" not in result
 
 
+def test_eval_base_column_is_the_original_model_for_a_base_rewriting_adapter(tiny_lm, tmp_path):
+    """A PiSSA adapter rewrites the base when it loads; the base column must still be the
+    untouched model (the same numbers as evaluating the model alone)."""
+    root, _, model, _ = tiny_lm
+    pissa = copy.deepcopy(model)
+    lorakit.add_adapter(pissa, lorakit.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights="pissa"))
+    lorakit.save_adapter(pissa, tmp_path / "pissa")
+    data = _write_jsonl(tmp_path / "d.jsonl", [{"messages": _messages(f"q{i}", "SELECT 1;")} for i in range(3)])
+    common = ["eval", "--model", str(root / "model"), "--data", str(data), "--dtype", "float32", "--no-generate"]
+    assert main(common + ["--out", str(tmp_path / "alone.json")]) == 0
+    assert main(common + ["--adapter", str(tmp_path / "pissa"), "--out", str(tmp_path / "both.json")]) == 0
+    alone = json.loads((tmp_path / "alone.json").read_text())["results"]["base"]
+    both = json.loads((tmp_path / "both.json").read_text())["results"]
+    assert both["base"]["loss"] == pytest.approx(alone["loss"], rel=1e-6)
+    # PiSSA starts at the original model: with the adapter, the loss is the same up to rounding
+    assert both["adapter"]["loss"] == pytest.approx(alone["loss"], rel=1e-3)
+
+
 def test_eval_user_scorer_and_normalised_match(tiny_lm, tmp_path):
     root, tok, model, _ = tiny_lm
     question = "list the names"

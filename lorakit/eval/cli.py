@@ -3,7 +3,7 @@
 Causal LM data (chat / instruction / text): loss and perplexity on the reference tokens, then
 batched greedy generation scored by exact match, normalised exact match and any ``--scorer``.
 Classification data (``--task seq_cls``): accuracy and macro-F1. With ``--adapter`` the base
-model (adapter disabled) and the adapter are evaluated on the same prompts and shown side by
+model and the base with the adapter are evaluated on the same prompts and shown side by
 side. Everything goes to ``eval.json`` (``--out``), per-example predictions included.
 """
 
@@ -48,10 +48,9 @@ def add_parser(subparsers) -> None:
 
 
 def load_for_eval(args):
-    """(model, tokenizer, evalset) as the flags describe; the adapter (if any) is loaded and active."""
+    """(base model, tokenizer, evalset) as the flags describe; the adapter is not loaded yet."""
     import torch
 
-    import lorakit
     from lorakit.eval.prompts import load_eval_set
     from lorakit.models import load_model, load_tokenizer
 
@@ -67,8 +66,6 @@ def load_for_eval(args):
         from lorakit.quant import quantize
 
         quantize(model)
-    if args.adapter:
-        lorakit.load_adapter(model, args.adapter)
     return model, tokenizer, evalset
 
 
@@ -87,11 +84,13 @@ def run(args) -> int:
                           generate=args.generate, scorers=scorers)
     model, tokenizer, evalset = load_for_eval(args)
     results, examples = {}, {}
-    if args.adapter and args.base:
-        with lorakit.disabled(model):
-            results["base"], examples["base"] = evaluate(model, tokenizer, evalset, options)
-    name = "adapter" if args.adapter else "base"
-    results[name], examples[name] = evaluate(model, tokenizer, evalset, options)
+    # The base is scored before the adapter is loaded: PiSSA/OLoRA/LoftQ adapters rewrite the
+    # base weights when they load, so "adapter disabled" would not be the original model.
+    if args.base or not args.adapter:
+        results["base"], examples["base"] = evaluate(model, tokenizer, evalset, options)
+    if args.adapter:
+        lorakit.load_adapter(model, args.adapter)
+        results["adapter"], examples["adapter"] = evaluate(model, tokenizer, evalset, options)
     report = {"model": args.model, "adapter": args.adapter, "data": args.data, "format": evalset.data.fmt,
               "task": args.task, "dtype": args.dtype, "quantize": args.quantize,
               "instruction_template": args.instruction_template, "max_new_tokens": args.max_new_tokens,

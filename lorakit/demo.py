@@ -24,13 +24,16 @@ TEST_FILE = ROOT / "data" / "sql_demo" / "test.jsonl"
 CONFIG_FILE = ROOT / "examples" / "sql_demo.yaml"
 
 
-def answer_all(model, tokenizer, evalset) -> tuple[list[str], float]:
-    """Greedy answers to every prompt of ``evalset`` and their exact-match score."""
+def answer_all(model, tokenizer, evalset) -> tuple[list[str], float, float]:
+    """Greedy answers to every prompt of ``evalset``, their exact-match score and their
+    normalised exact-match score (case, punctuation and spacing ignored)."""
     from lorakit.eval.generate import greedy_generate
-    from lorakit.eval.metrics import exact_match, mean
+    from lorakit.eval.metrics import exact_match, mean, normalized_exact_match
 
     answers = greedy_generate(model, tokenizer, evalset.prompts, max_new_tokens=40, batch_size=25)
-    return answers, mean([exact_match(a, r) for a, r in zip(answers, evalset.references)])
+    pairs = list(zip(answers, evalset.references))
+    return (answers, mean([exact_match(a, r) for a, r in pairs]),
+            mean([normalized_exact_match(a, r) for a, r in pairs]))
 
 
 def _config(path: Path):
@@ -75,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"== 1/3 base model on {len(evalset.prompts)} held-out questions")
     t = time.perf_counter()
-    base_answers, base_score = answer_all(model, tokenizer, evalset)
-    print(f"base exact match: {base_score:.0%} ({time.perf_counter() - t:.0f} s)")
+    base_answers, base_score, base_loose = answer_all(model, tokenizer, evalset)
+    print(f"base exact match: {base_score:.0%}, normalised {base_loose:.0%} "
+          f"({time.perf_counter() - t:.0f} s)")
 
     print(f"\n== 2/3 lorakit train {args.config.relative_to(ROOT) if args.config.is_relative_to(ROOT) else args.config}")
     t = time.perf_counter()
@@ -85,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n== 3/3 the same base model with the adapter")
     lorakit.load_adapter(model, adapter_dir)
-    tuned_answers, tuned_score = answer_all(model, tokenizer, evalset)
+    tuned_answers, tuned_score, tuned_loose = answer_all(model, tokenizer, evalset)
 
     _show(evalset, base_answers, tuned_answers, args.show)
     print(f"\nexact match on {len(evalset.prompts)} held-out questions: "
-          f"base {base_score:.0%}  ->  LoRA adapter {tuned_score:.0%}")
+          f"base {base_score:.0%}  ->  LoRA adapter {tuned_score:.0%}   "
+          f"(normalised: {base_loose:.0%} -> {tuned_loose:.0%})")
     print(f"training {train_seconds:.0f} s, demo total {time.perf_counter() - started:.0f} s; "
           f"adapter and model card in {adapter_dir}")
     return 0

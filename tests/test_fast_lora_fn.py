@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lorakit.fast.lora_fn import fused_lora_linear, layout
-from lorakit.fast.mask import draw_seed, dropped, effective_p
+from lorakit.fast.mask import draw_seed, drop_positions, keep_multiplier
 
 OUTS, RANKS, SCALES = [12, 4, 4], [3, 2, 3], [0.5, 2.0, 1.0]
 
@@ -24,8 +24,8 @@ def reference(x, w, b, a, bb, scales, outs, p, seed):
     """``x @ W.T + b`` plus ``(dropout(x) @ A.T @ B.T) * s`` per member, plain autograd ops."""
     x2 = x.reshape(-1, x.shape[-1])
     if p > 0:
-        keep = (~dropped(tuple(x2.shape), p, seed)).to(x.dtype)
-        xd = x2 * keep / (1 - effective_p(p))
+        keep = keep_multiplier(drop_positions(x2.numel(), p, seed), tuple(x2.shape), x.dtype)
+        xd = x2 * keep / (1 - p)
     else:
         xd = x2
     parts = []
@@ -87,14 +87,16 @@ def test_frozen_a_and_input_without_grad_get_no_gradient():
 
 
 def test_mask_is_regenerated_not_stored():
-    """The dropped copy of x is not among the tensors saved for backward: only x itself, the
-    frozen weight, the rank-sized h and the factors."""
+    """The dropped copy of x and its mask are not among the tensors saved for backward: only x
+    itself, the frozen weight, the rank-sized h, the factors and the int32 drop positions."""
     x, w, b, a, bb = make(torch.float32)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         fused_lora_linear(x, w, b, layout(OUTS, RANKS, SCALES), a, bb, 0.5, 3)
     big = [t for t in saved if t.numel() >= x.numel()]
     assert len(big) == 2 and any(t is x for t in big) and any(t is w for t in big)
+    positions = [t for t in saved if t.dtype == torch.int32]
+    assert len(positions) == 1 and positions[0].numel() < x.numel()
 
 
 def test_wrong_number_of_factors_names_counts():

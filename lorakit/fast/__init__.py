@@ -15,7 +15,9 @@ What it changes (each piece has a plain reference and a parity test, see docs/pe
   stacked matmul for the frozen weights and one for their ``A`` factors (``groups``); they then
   share one dropout mask per step, where PEFT draws one per layer (same distribution);
 - ``loss_sum`` runs the output head only on labelled positions, in chunks, with the gradient
-  computed chunk by chunk (``loss``), so no ``[tokens, vocab]`` fp32 logits are kept.
+  computed chunk by chunk (``loss``), so no ``[tokens, vocab]`` fp32 logits are kept;
+- Hugging Face SDPA attention over at most ``attention.MAX_LEN`` tokens runs as dense matmuls
+  with a recomputed softmax (``attention``), twice as fast as the CPU flash kernel at 256 tokens.
 
 Adapter weights stay in their own dtype (fp32 master weights by default): the fused function
 casts them to the activations' dtype for the matmuls and returns gradients in fp32.
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from lorakit.fast.groups import SharedInputGroup, install, uninstall
+from lorakit.fast.swaps import use_short_attention
 from lorakit.fast.loss import causal_lm_loss_sum, linear_cross_entropy_sum, supports_chunked_loss
 from lorakit.fast.lora_fn import fused_lora_linear
 
@@ -40,6 +43,7 @@ class FastConfig:
 
     group_shared_inputs: bool = True  # stack q/k/v and gate/up (one probe forward finds them)
     loss_chunk: int = 256  # rows of the output head per chunk in ``loss_sum``
+    short_attention: bool = True  # dense attention for sequences up to attention.MAX_LEN tokens
 
     def __post_init__(self) -> None:
         if not (isinstance(self.loss_chunk, int) and self.loss_chunk > 0):
@@ -54,6 +58,7 @@ class FastTraining:
     adapter: str
     config: FastConfig
     groups: list[SharedInputGroup] = field(default_factory=list)
+    undo: list = field(default_factory=list)  # functions restoring swapped model parts
 
     @property
     def fused_layers(self) -> int:
@@ -72,6 +77,9 @@ class FastTraining:
         """Remove the fused hooks and give every frozen weight its own storage back."""
         uninstall(self.groups)
         self.groups = []
+        for restore in reversed(self.undo):
+            restore()
+        self.undo = []
 
 
 def enable_fast_training(model: nn.Module, config: FastConfig | None = None, adapter: str | None = None,
@@ -103,6 +111,8 @@ def enable_fast_training(model: nn.Module, config: FastConfig | None = None, ada
                       "one by one, without stacking shared inputs", stacklevel=2)
         groups = install(model, adapter, None)
     fast = FastTraining(model, adapter, config, groups)
+    if config.short_attention:
+        fast.undo.append(use_short_attention(model))
     model._lorakit_fast = fast
     return fast
 

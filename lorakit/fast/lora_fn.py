@@ -5,16 +5,17 @@ attention block, gate/up of an MLP, or a single layer). Their frozen weights are
 one ``W [sum(out_i), in]`` and the function computes, for member ``i`` with output columns
 ``o_i : o_i + out_i``, in plain PyTorch:
 
-    keep = ~mask.dropped(x.shape, p, seed); q = 1 - mask.effective_p(p)
-    xd   = x * keep / q                                    # one mask, shared by the group
+    keep = keep_multiplier(drop_positions(x.numel(), p, seed), x.shape, x.dtype)   # lorakit.fast.mask
+    xd   = x * keep / (1 - p)                                  # one mask, shared by the group
     y    = x @ W.T + bias                                   # [..., sum(out_i)]
     y[..., o_i : o_i + out_i] += (xd @ A_i.T @ B_i.T) * s_i
 
 which for a group of one is ``base(x) + lora_linear(dropout(x), A, B, s)`` (``lorakit.ops``).
 
 What it saves for the backward pass: ``x`` (a reference, usually alive anyway), the rank-sized
-``h = xd @ A.T`` ``[N, sum(r_i)]`` and the mask's seed. The dropped copy of ``x`` and the mask
-are regenerated, never stored, so dropout costs no memory of size ``[tokens, in]``. All matmuls
+``h = xd @ A.T`` ``[N, sum(r_i)]`` and the dropped positions (int32, ``4 p`` bytes per element
+of ``x``). The dropped copy of ``x`` and the multiplier mask are rebuilt in the backward pass,
+never stored, so dropout keeps nothing of size ``[tokens, in]``. All matmuls
 run in ``x``'s dtype (bf16 on CPU); adapter factors may be kept in fp32 (master weights) and are
 cast on the fly, their gradients returned in their own dtype.
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lorakit.fast.mask import dropped, effective_p
+from lorakit.fast.mask import drop_positions, keep_multiplier
 
 
 @dataclass(frozen=True)
@@ -63,25 +64,25 @@ class FusedLoraLinear(torch.autograd.Function):
         dtype = x.dtype
         a = torch.cat([t.to(dtype) for t in a_list])  # [sum r_i, in]
         y = F.linear(x2, weight, bias)  # [N, sum out_i]
-        drop = dropped(x2.shape, p, seed, x.device) if p > 0 else None
-        h = (x2.masked_fill(drop, 0) if drop is not None else x2) @ a.T  # [N, sum r_i]
-        inv_keep = 1.0 / (1.0 - effective_p(p)) if p > 0 else 1.0
+        pos = drop_positions(x2.numel(), p, seed, x.device).int() if p > 0 else None
+        h = (x2 * keep_multiplier(pos, x2.shape, dtype, x.device) if p > 0 else x2) @ a.T  # [N, sum r_i]
+        inv_keep = 1.0 / (1.0 - p)
         for m, b in zip(members, b_list):
             cols = y if k == 1 else y[:, m.out_offset:m.out_offset + m.out]
             cols.addmm_(h[:, m.rank_offset:m.rank_offset + m.r], b.to(dtype).T, alpha=m.scaling * inv_keep)
-        ctx.save_for_backward(x, weight, h, *factors)
-        ctx.p, ctx.seed, ctx.members, ctx.inv_keep, ctx.has_bias = p, seed, members, inv_keep, bias is not None
+        ctx.save_for_backward(x, weight, h, pos, *factors)
+        ctx.members, ctx.inv_keep, ctx.has_bias = members, inv_keep, bias is not None
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, gy):
-        x, weight, h, *factors = ctx.saved_tensors
+        x, weight, h, pos, *factors = ctx.saved_tensors
         members, k = ctx.members, len(ctx.members)
         a_list, b_list = factors[:k], factors[k:]
         x2 = x.reshape(-1, x.shape[-1])
         gy2 = gy.reshape(-1, gy.shape[-1]).to(x.dtype)
         dtype = x.dtype
-        drop = dropped(x2.shape, ctx.p, ctx.seed, x.device) if ctx.p > 0 else None
+        keep = keep_multiplier(pos, x2.shape, dtype, x.device) if pos is not None else None
 
         gh_parts, grad_b = [], []
         for m, b in zip(members, b_list):
@@ -94,7 +95,7 @@ class FusedLoraLinear(torch.autograd.Function):
 
         grad_a = [None] * k
         if any(t.requires_grad for t in a_list):
-            xd = x2.masked_fill(drop, 0) if drop is not None else x2
+            xd = x2 * keep if keep is not None else x2
             da = gh.T @ xd  # [sum r_i, in]
             grad_a = [da[m.rank_offset:m.rank_offset + m.r].to(t.dtype) if t.requires_grad else None
                       for m, t in zip(members, a_list)]
@@ -103,8 +104,8 @@ class FusedLoraLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             a = torch.cat([t.to(dtype) for t in a_list])
             grad_x = gh @ a  # the LoRA path's share, [N, in]
-            if drop is not None:
-                grad_x.masked_fill_(drop, 0)
+            if keep is not None:
+                grad_x.mul_(keep)
             grad_x.addmm_(gy2, weight)  # + the frozen path's share, accumulated by the GEMM
             grad_x = grad_x.view(x.shape)
         grad_w = (gy2.T @ x2).to(weight.dtype) if ctx.needs_input_grad[1] else None

@@ -1,17 +1,17 @@
-"""Dropout masks that are regenerated from a seed instead of being kept for the backward pass.
+"""Dropout masks drawn as the positions of the dropped elements.
 
-    drop = dropped(shape, p, seed)           # bool [*shape], True with probability p_eff
-    x_dropped = x.masked_fill(drop, 0) / (1 - p_eff)   # nn.Dropout(p) with this mask
+    pos  = drop_positions(n, p, seed)              # sorted flat indices, each element dropped
+                                                   # independently with probability p
+    keep = keep_multiplier(pos, shape, dtype)      # 1 everywhere, 0 at pos
+    x_dropped = x * keep / (1 - p)                 # nn.Dropout(p) with this mask
 
-The same ``(shape, p, seed)`` always gives the same mask, so a fused LoRA function can draw it
-in the forward pass and draw it again in the backward pass: nothing of size ``[tokens, in]``
-is kept between the two.
-
-Random bits come from 64-bit integers of a seeded ``torch.Generator`` (one draw yields four
-16-bit lanes, several times cheaper on CPU than ``bernoulli_``). An element is dropped when its
-lane falls below ``round(p * 65536)``, so the drop probability is that count over 65536
-(``effective_p``; 0.05 becomes 0.0500031). Masks therefore differ from PEFT's for the same
-``torch.manual_seed``; they have the same distribution up to that rounding.
+Why positions: drawing one random number per element dominates dropout's cost on CPU
+(``bernoulli_`` or a threshold on random integers: about 0.6-3 ms per 590k elements here, five
+times a bf16 multiply). The gaps between dropped elements are geometric, so drawing the gaps
+takes ``p * n`` random numbers instead of ``n``: exact i.i.d. Bernoulli(p) masks for a tenth of
+the cost at p = 0.05. Stored as int32, the positions take ``4 p`` bytes per element (0.2 at
+p = 0.05), less than the mask as bits for p < 1/32, far less than PEFT's kept dropout output.
+The same ``(n, p, seed)`` always gives the same positions.
 """
 
 from __future__ import annotations
@@ -20,24 +20,36 @@ import math
 
 import torch
 
-_LANES = 65536
 
-
-def effective_p(p: float) -> float:
-    """The drop probability the 16-bit threshold actually realises for a requested ``p``."""
-    return round(p * _LANES) / _LANES
-
-
-def dropped(shape: tuple[int, ...], p: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Boolean mask of ``shape``, True (drop) with probability ``effective_p(p)``."""
-    numel = math.prod(shape)
+def drop_positions(n: int, p: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Sorted int64 flat indices in ``[0, n)``; each index is present independently with
+    probability ``p`` (0 < p < 1)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"drop_positions: p must be in (0, 1), got {p}")
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    words = torch.randint(-(2**63), 2**63 - 1, ((numel + 3) // 4,), dtype=torch.int64,
-                          device=device, generator=gen)
-    lanes = words.view(torch.int16)[:numel].view(shape)
-    # int16 lanes are uniform over [-32768, 32767]: drop the lowest round(p * 65536) values.
-    return lanes < round(p * _LANES) - _LANES // 2
+    log_keep = math.log1p(-p)
+    parts, start = [], 0
+    while start < n:
+        expect = (n - start) * p
+        u = torch.rand(int(expect + 6 * math.sqrt(expect) + 16), dtype=torch.float64, device=device,
+                       generator=gen)
+        # gap ~ Geometric(p): kept elements before the next dropped one
+        gaps = torch.floor(torch.log1p(-u).div_(log_keep))
+        pos = gaps.add_(1).cumsum_(0).add_(start - 1).long()
+        parts.append(pos)
+        start = int(pos[-1]) + 1
+    pos = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return pos[pos < n]
+
+
+def keep_multiplier(positions: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[*shape]`` of ones with zeros at the flat ``positions`` (multiplying by it is several
+    times faster on CPU than ``masked_fill`` with a boolean mask)."""
+    keep = torch.ones(math.prod(shape), dtype=dtype, device=device)
+    keep[positions.long()] = 0
+    return keep.view(shape)
 
 
 def draw_seed() -> int:

@@ -75,6 +75,8 @@ def test_stacked_weights_share_storage_until_disabled():
     assert attn.k_proj.base_layer.weight.untyped_storage().data_ptr() != group.weight.untyped_storage().data_ptr()
     after = model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
+    assert "forward" not in vars(model.model.norm)  # the class's own RMSNorm forward again
+    assert model.config._attn_implementation == "sdpa"
 
 
 def test_merge_disable_and_mixed_rows_fall_back_to_core_paths():

@@ -17,7 +17,8 @@ What it changes (each piece has a plain reference and a parity test, see docs/pe
 - ``loss_sum`` runs the output head only on labelled positions, in chunks, with the gradient
   computed chunk by chunk (``loss``), so no ``[tokens, vocab]`` fp32 logits are kept;
 - Hugging Face SDPA attention over at most ``attention.MAX_LEN`` tokens runs as dense matmuls
-  with a recomputed softmax (``attention``), twice as fast as the CPU flash kernel at 256 tokens.
+  with a recomputed softmax (``attention``), twice as fast as the CPU flash kernel at 256 tokens;
+- Llama-style RMSNorm modules run as one autograd function keeping the bf16 input (``norm``).
 
 Adapter weights stay in their own dtype (fp32 master weights by default): the fused function
 casts them to the activations' dtype for the matmuls and returns gradients in fp32.
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from lorakit.fast.groups import SharedInputGroup, install, uninstall
-from lorakit.fast.swaps import use_short_attention
+from lorakit.fast.swaps import use_fused_rmsnorm, use_short_attention
 from lorakit.fast.loss import causal_lm_loss_sum, linear_cross_entropy_sum, supports_chunked_loss
 from lorakit.fast.lora_fn import fused_lora_linear
 
@@ -44,6 +45,7 @@ class FastConfig:
     group_shared_inputs: bool = True  # stack q/k/v and gate/up (one probe forward finds them)
     loss_chunk: int = 256  # rows of the output head per chunk in ``loss_sum``
     short_attention: bool = True  # dense attention for sequences up to attention.MAX_LEN tokens
+    fused_rmsnorm: bool = True  # RMSNorm keeping its bf16 input, not an fp32 copy (norm.py)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.loss_chunk, int) and self.loss_chunk > 0):
@@ -113,6 +115,8 @@ def enable_fast_training(model: nn.Module, config: FastConfig | None = None, ada
     fast = FastTraining(model, adapter, config, groups)
     if config.short_attention:
         fast.undo.append(use_short_attention(model))
+    if config.fused_rmsnorm:
+        fast.undo.append(use_fused_rmsnorm(model))
     model._lorakit_fast = fast
     return fast
 

@@ -93,3 +93,17 @@ def test_gpt2_head_supported():
     want = F.cross_entropy(model(input_ids=ids).logits[:, :-1].reshape(-1, 80), ids[:, 1:].reshape(-1),
                            reduction="sum")
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_no_gradient_work_under_no_grad(monkeypatch):
+    """Evaluation runs the loss under torch.no_grad: only the forward matmul per chunk."""
+    h = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(10, 4, dtype=torch.float64)
+    t = torch.randint(0, 10, (8,))
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a, **k: calls.append(1) or real_mm(*a, **k))
+    with torch.no_grad():
+        got = linear_cross_entropy_sum(h, w, t, chunk=4)
+    assert calls == []  # torch.mm computes the input gradient; the forward uses h @ W.T
+    torch.testing.assert_close(got, F.cross_entropy(h @ w.T, t, reduction="sum"))

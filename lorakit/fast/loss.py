@@ -33,8 +33,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     in the forward pass."""
 
     @staticmethod
-    def forward(ctx, h, weight, targets, chunk):
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(ctx, h, weight, targets, chunk, grad_enabled):
+        # under torch.no_grad (evaluation) nothing is differentiated: skip the gradient matmuls
+        need_h, need_w = ctx.needs_input_grad[0] and grad_enabled, ctx.needs_input_grad[1] and grad_enabled
         acc = torch.promote_types(h.dtype, torch.float32)  # fp32 for bf16 logits, fp64 stays
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
@@ -61,7 +62,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         saved = list(ctx.saved_tensors)
         grad_h = saved.pop(0) * g if ctx.has[0] else None
         grad_w = (saved.pop(0) * g).to(ctx.w_dtype) if ctx.has[1] else None
-        return grad_h, grad_w, None, None
+        return grad_h, grad_w, None, None, None
 
 
 def linear_cross_entropy_sum(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -71,7 +72,7 @@ def linear_cross_entropy_sum(h: torch.Tensor, weight: torch.Tensor, targets: tor
     Returns an fp32 scalar (fp64 for fp64 inputs)."""
     if h.shape[0] != targets.shape[0]:
         raise ValueError(f"linear_cross_entropy_sum: {h.shape[0]} hidden rows but {targets.shape[0]} targets")
-    return LinearCrossEntropy.apply(h, weight, targets, chunk)
+    return LinearCrossEntropy.apply(h, weight, targets, chunk, torch.is_grad_enabled())
 
 
 def supports_chunked_loss(model: nn.Module) -> bool:
@@ -92,7 +93,7 @@ def causal_lm_loss_sum(model: nn.Module, labels: torch.Tensor, chunk: int = 256,
     if not supports_chunked_loss(model):
         raise ValueError(f"{type(model).__name__}: the chunked loss needs a plain linear output "
                          f"head on one of {PLAIN_HEAD_MODELS}; use the model's logits instead")
-    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state  # [B, T, d]
+    hidden = model.get_decoder()(**{**inputs, "use_cache": False}).last_hidden_state  # [B, T, d]
     target = labels[:, 1:]
     keep = target != IGNORE
     h = hidden[:, :-1][keep]  # [M, d], only positions that predict a label

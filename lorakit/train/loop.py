@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from lorakit.fast import enable_fast_training
 from lorakit.train import batching, build, checkpoint, distributed, losses, optim
 from lorakit.train.card import RunSummary, model_card
 from lorakit.train.schema import TrainConfig
@@ -62,6 +63,7 @@ class Run:
     total_steps: int
     warmup_steps: int
     fingerprint: str
+    fast: object = None         # lorakit.fast handle when cfg.fast applies (docs/performance.md)
 
 
 def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = None) -> Path:
@@ -100,11 +102,12 @@ def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
     model = build.build_model(cfg, n_labels, tokenizer.pad_token_id).to(world.device)
     model.train()
     torch.manual_seed(cfg.seed + world.rank)  # per-process dropout streams
+    fast = enable_fast_training(model) if cfg.fast and not cfg.full and world.size == 1 else None
     wrapped = distributed.wrap(model, world, cfg.fsdp)
     groups = optim.param_groups(wrapped, cfg.lr, cfg.weight_decay, cfg.loraplus_lr_ratio)
     run = Run(cfg, world, run_dir, tokenizer, train_data, eval_data, wrapped,
               torch.optim.AdamW(groups), total, math.ceil(cfg.warmup_ratio * total),
-              build.data_fingerprint(train_data))
+              build.data_fingerprint(train_data), fast)
     _announce(run, model)
     return run
 
@@ -170,6 +173,8 @@ def _forward_loss(run: Run, batch: dict) -> torch.Tensor:
         inputs["use_cache"] = False
     with torch.autocast(run.world.device.type, dtype=torch.bfloat16,
                         enabled=build.autocast_enabled(run.cfg)):
+        if run.fast is not None and run.cfg.task == "causal_lm" and run.fast.chunked_loss:
+            return run.fast.loss_sum(labels, **inputs)  # = loss_sum(logits, labels), no logits kept
         logits = run.model(**inputs).logits
     return losses.loss_sum(logits, labels)
 

@@ -77,6 +77,8 @@ class TrainConfig:
         "bf16-true", "fp32; bf16-mixed: fp32 weights, bf16 autocast; bf16-true: bf16 base "
         "weights, bf16 autocast, trainable parameters kept in fp32")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    fast: bool = _f(True, "CPU fast path (lorakit.fast): fused LoRA layers, chunked loss over the "
+                    "targets, dense short-sequence attention; one process, LoRA runs only")
     # ---- data ----
     data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file or saved datasets dir")
     eval_data: str = _f("", "held-out eval file (instead of eval_split)")

@@ -152,6 +152,18 @@ def train_row(row: Row, args, work: Path) -> dict:
     return result
 
 
+def load_only_rss(work: Path) -> float:
+    """Peak RSS (MiB) of a process that only loads the bf16 model and tokenizer: the fixed cost
+    inside every training row's peak."""
+    cache = work / "load_only.json"
+    if not cache.exists():
+        code = ("import torch; from lorakit.models import load_model, load_tokenizer; "
+                f"load_tokenizer({MODEL!r}); load_model({MODEL!r}, dtype=torch.bfloat16)")
+        work.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(run_measured([sys.executable, "-c", code], work / "load_only.log")))
+    return json.loads(cache.read_text())["peak_rss_mib"]
+
+
 # ---- evaluation: in this process --------------------------------------------------------------
 def load_for_row(row: Row, artifact: str | None):
     import lorakit
@@ -236,7 +248,7 @@ def subspace_summary(adapter_8: str, adapter_64: str) -> dict:
 
 
 # ---- goals ------------------------------------------------------------------------------------
-def goals(results: dict, similarity: dict | None) -> list[dict]:
+def goals(results: dict, similarity: dict | None, load_rss: float | None = None) -> list[dict]:
     def em(name):
         return results.get(name, {}).get("exact_match")
 
@@ -258,8 +270,14 @@ def goals(results: dict, similarity: dict | None) -> list[dict]:
     mem_full, mem_lora = get("full", "peak_rss_mib"), get("lora-all-r8", "peak_rss_mib")
     if None not in (mem_full, mem_lora):
         ratio = mem_full / mem_lora
+        extra = ""
+        if load_rss:
+            extra = (f"; above the {load_rss:.0f} MiB a process needs to load the model: "
+                     f"{mem_full - load_rss:.0f} vs {mem_lora - load_rss:.0f} MiB = "
+                     f"{(mem_full - load_rss) / (mem_lora - load_rss):.1f}x")
         out.append({"goal": "full FT peak training memory >= 2.5x LoRA (r=8 all-linear)",
-                    "measured": f"{mem_full:.0f} MiB vs {mem_lora:.0f} MiB = {ratio:.2f}x", "met": ratio >= 2.5})
+                    "measured": f"peak RSS {mem_full:.0f} MiB vs {mem_lora:.0f} MiB = {ratio:.2f}x{extra}",
+                    "met": ratio >= 2.5})
     if similarity:
         top = similarity["A"]["all"]
         out.append({"goal": "r=8 vs r=64 top-direction subspace similarity > 0.5",
@@ -305,6 +323,13 @@ def markdown(report: dict) -> str:
             num("peak_rss_mib", "{:.0f} MiB"), num("cpu_s", "{:.0f}"), num("wall_s", "{:.0f}"),
             num("exact_match_pct", "{:.1f}"), num("normalized_exact_match_pct", "{:.1f}"),
             num("peft_trainable", "{:,}")]) + " |")
+    done = [r for r in report["results"].values() if "exact_match" in r]
+    loads = [r[k] for r in done for k in ("load_avg_before", "load_avg_after") if k in r]
+    lines += ["", f"Rows took {sum(r.get('wall_s', 0) + r['eval_s'] for r in done) / 60:.0f} min in all "
+                  f"(training + evaluation). The 2 cores were shared with other jobs: the 1-minute load "
+                  f"average ranged {min(loads, default=0):.1f}-{max(loads, default=0):.1f} around the rows, so wall "
+                  "times are inflated and noisy; CPU seconds and peak RSS are the robust columns. With "
+                  "50 test questions one question is 2 points of exact match."]
     if report.get("peft_eval"):
         p = report["peft_eval"]
         lines += ["", f"PEFT peer: the lora-all-r8 adapter loaded with PEFT scores EM "
@@ -430,7 +455,8 @@ def main() -> int:
         report["peft_eval"].update(lorakit_exact_match=r8["exact_match"], lorakit_eval_s=r8["eval_s"])
     if "artifact" in r8 and "artifact" in r64:
         report["similarity"] = subspace_summary(r8["artifact"], r64["artifact"])
-    report["goals"] = goals(results, report.get("similarity"))
+    report["load_only_rss_mib"] = load_only_rss(work)
+    report["goals"] = goals(results, report.get("similarity"), report["load_only_rss_mib"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "paper_table.json").write_text(json.dumps(report, indent=2))

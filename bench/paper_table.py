@@ -17,7 +17,8 @@ Also: subspace similarity between the r=8 and r=64 all-linear adapters (paper se
     flock /tmp/lorakit-bench.lock .venv/bin/python bench/paper_table.py [--steps 30 --batch-size 4]
 
 Finished rows are cached in ``--work`` (a rerun with the same settings reuses them; ``--fresh``
-retrains). Writes bench/results/paper_table.{json,md,png}.
+retrains). Writes bench/results/paper_table.{json,md,png} and the similarity heatmaps
+paper_table_similarity_{A,dW-out}.png.
 """
 
 from __future__ import annotations
@@ -228,18 +229,25 @@ def peft_exact_match(adapter: str, tokenizer, evalset, args) -> dict:
 
 
 # ---- subspace similarity (paper section 7.2) --------------------------------------------------
-def subspace_summary(adapter_8: str, adapter_64: str) -> dict:
+def subspace_summary(adapter_8: str, adapter_64: str, out_dir: Path) -> dict:
     """Mean over layers of phi(1,1), phi(1,64) and phi(8,64) between the r=8 and r=64 adapters,
     for A's row space (the paper's subject) and dW's output space, per module type and overall,
-    with the random-subspace expectation of each."""
+    with the random-subspace expectation of each; the mean grids go to a heatmap per subject
+    (the paper's Figure 3)."""
     from lorakit.analysis import inspect_layers, read_adapter
     from lorakit.analysis.cli import means_by_type
+    from lorakit.analysis.plots import save_similarity_heatmaps
+    from lorakit.analysis.report import mean_grids
 
     _, layers8 = read_adapter(adapter_8)
     _, layers64 = read_adapter(adapter_64)
     out = {}
     for subject in ("A", "dW-out"):
-        rows, _ = inspect_layers(layers8, layers64, subject=subject)
+        rows, grids = inspect_layers(layers8, layers64, subject=subject)
+        grouped = mean_grids(grids)
+        save_similarity_heatmaps({k: v for k, v in grouped.items() if k in ("all", "q_proj", "v_proj")},
+                                 out_dir / f"paper_table_similarity_{subject}.png",
+                                 f"phi(i, j) of {subject}: LoRA r=8 vs r=64, all-linear (mean over layers)")
         keys = ("sim_top", "sim_top_in_other", "sim_all", "sim_top_random", "sim_top_in_other_random")
         means = {m["module"]: {k: m[k] for k in keys} for m in means_by_type(rows)}
         means["all"] = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
@@ -433,6 +441,7 @@ def main() -> int:
     if args.rows:
         wanted = args.rows.split(",")
         rows = [r for r in rows if r.name in wanted]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     results = {}
     for row in sorted(rows, key=lambda r: PRIORITY.index(r.name)):
         print(f"[{time.strftime('%H:%M:%S')}] {row.name} ...", flush=True)
@@ -454,11 +463,10 @@ def main() -> int:
         report["peft_eval"] = peft_exact_match(r8["artifact"], tokenizer, evalset, args)
         report["peft_eval"].update(lorakit_exact_match=r8["exact_match"], lorakit_eval_s=r8["eval_s"])
     if "artifact" in r8 and "artifact" in r64:
-        report["similarity"] = subspace_summary(r8["artifact"], r64["artifact"])
+        report["similarity"] = subspace_summary(r8["artifact"], r64["artifact"], Path(args.out))
     report["load_only_rss_mib"] = load_only_rss(work)
     report["goals"] = goals(results, report.get("similarity"), report["load_only_rss_mib"])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "paper_table.json").write_text(json.dumps(report, indent=2))
     (out / "paper_table.md").write_text(markdown(report))
     plot(report, out / "paper_table.png")

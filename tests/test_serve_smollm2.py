@@ -1,5 +1,9 @@
-"""The real SmolLM2-135M-Instruct in bf16 behind the engine: the base answers a chat question
-sensibly, and base and adapter requests in one batch give offline ``generate``'s greedy tokens."""
+"""The real SmolLM2-135M-Instruct behind the engine: the base answers a chat question
+sensibly, and base and adapter requests in one batch give offline ``generate``'s greedy tokens.
+
+The exact-token comparison runs in fp32: in bf16 a batched forward and a single-sequence
+forward round differently, and a random adapter's near-tied logits then flip greedy choices
+(seen here), which says nothing about the engine."""
 
 from __future__ import annotations
 
@@ -21,11 +25,11 @@ pytestmark = pytest.mark.slow
 def test_smollm2_batch_of_base_and_adapter_equals_generate(tmp_path):
     from lorakit.models import load_model, load_tokenizer
 
-    base = load_model("smollm2-135m-instruct", dtype=torch.bfloat16).eval()
+    base = load_model("smollm2-135m-instruct", dtype=torch.float32).eval()
     tok = load_tokenizer()
     adapted = copy.deepcopy(base)
     lorakit.add_adapter(adapted, lorakit.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"),
-                        adapter_dtype=torch.bfloat16)
+                        adapter_dtype=torch.float32)
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in adapted.named_parameters():
@@ -44,7 +48,7 @@ def test_smollm2_batch_of_base_and_adapter_equals_generate(tmp_path):
 
     served = copy.deepcopy(base)
     pool = SlotPool(served, n_slots=2, max_rank=16)
-    adapter = HostCache(pool.layer_shapes, torch.bfloat16).get("tuned", tmp_path / "tuned")
+    adapter = HostCache(pool.layer_shapes, torch.float32).get("tuned", tmp_path / "tuned")
     engine = Engine(served, tok, pool)
     texts, done = {}, threading.Semaphore(0)
     for key, ad in (("base", None), ("tuned", adapter)):

@@ -134,15 +134,17 @@ def throughput(base, tok, root: Path, shape_name: str, args) -> dict:
     n, new = args.requests, args.new_tokens
     dirs = write_adapters(base, root / shape_name, n, SHAPES[shape_name])
     served = copy.deepcopy(base)
-    pool = SlotPool(served, n_slots=n, max_rank=16)
+    pool = SlotPool(served, n_slots=n, max_rank=SHAPES[shape_name]["r"])  # lorakit serve --max-rank
     cache = HostCache(pool.layer_shapes, torch.bfloat16, capacity=n)
     adapters = [cache.get(d.name, d) for d in dirs]
     ids = prompts(tok, n)
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(dirs[0]), adapter_name=dirs[0].name)
+    # Adapters stay in bf16 as in lorakit (PEFT's default would upcast them to fp32, slower here).
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(dirs[0]), adapter_name=dirs[0].name,
+                                           autocast_adapter_dtype=False)
     for d in dirs[1:]:
-        peft_model.load_adapter(str(d), adapter_name=d.name)
+        peft_model.load_adapter(str(d), adapter_name=d.name, autocast_adapter_dtype=False)
     peft_model.eval()
     parts = (served, tok, pool)
     scenarios = {
@@ -173,7 +175,8 @@ def hot_load(base, root: Path, reps: int) -> dict:
     read_ms, write_ms, peft_ms = [], [], []
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(d), adapter_name="first")
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), str(d), adapter_name="first",
+                                           autocast_adapter_dtype=False)
     for i in range(reps):
         t0 = time.perf_counter()
         adapter = read_adapter(d, pool.layer_shapes, torch.bfloat16, name=f"x{i}")
@@ -183,7 +186,7 @@ def hot_load(base, root: Path, reps: int) -> dict:
         read_ms.append((t1 - t0) * 1e3)
         write_ms.append((t2 - t1) * 1e3)
         t0 = time.perf_counter()
-        peft_model.load_adapter(str(d), adapter_name=f"x{i}")
+        peft_model.load_adapter(str(d), adapter_name=f"x{i}", autocast_adapter_dtype=False)
         peft_ms.append((time.perf_counter() - t0) * 1e3)
         peft_model.delete_adapter(f"x{i}")
     total = [a + b for a, b in zip(read_ms, write_ms)]

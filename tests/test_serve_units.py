@@ -39,7 +39,9 @@ def _pool(base, n_slots=4, max_rank=8):
 
 
 @pytest.mark.parametrize("names", [["alpha", "beta", None, "gamma", "delta", "alpha"],
-                                   ["alpha", None, "alpha", "alpha"]])  # mixed; one adapter + base
+                                   ["alpha", None, "alpha", "alpha"],  # one adapter + base rows
+                                   ["gamma", "gamma", "gamma"],  # one adapter, two module kinds only
+                                   ["beta", "gamma", "gamma"]])  # mixed, no base row
 def test_slot_pool_rows_equal_library_and_one_at_a_time(setup, names):
     base, root = setup
     ids = torch.randint(0, 49152, (len(names), 7), generator=torch.Generator().manual_seed(0))
@@ -62,6 +64,34 @@ def test_slot_pool_rows_equal_library_and_one_at_a_time(setup, names):
     pool.activate([-1] * len(names))  # base rows only: the plain base model
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, base(ids).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("names", [["alpha", None, "beta", "gamma"], ["beta", "beta"], ["gamma", None]])
+@pytest.mark.parametrize("tokens", [0, 3])  # decode rows [rows, in] / prefill rows [rows, T, in]
+@pytest.mark.parametrize("grad", [False, True])
+def test_slot_pool_add_to_equals_reference_lora_rows(setup, names, tokens, grad):
+    """The pool's fast per-layer path against ``ops.lora_rows`` on the same slot buffers, for a
+    uniform batch, base rows, several slots, a layer no adapter targets, 2-D and 3-D inputs,
+    and with autograd on (no in-place add) and off."""
+    from lorakit import ops
+
+    base, root = setup
+    _, pool, cache = _pool(base)
+    slots = {n: pool.acquire(cache.get(n, root / n)) for n in {n for n in names if n}}
+    pool.activate([slots[n] if n else -1 for n in names])
+    gen = torch.Generator().manual_seed(1)
+    for name, layer in pool.layers.items():
+        dims = (len(names), tokens, layer.in_features) if tokens else (len(names), layer.in_features)
+        x = torch.randn(*dims, generator=gen).requires_grad_(grad)
+        with torch.set_grad_enabled(grad):
+            base_out = layer.base_layer(x)
+            expected = base_out + ops.lora_rows(x, *pool.weights(layer), pool.slot)
+            got = pool.add_to(layer, x, layer.base_layer(x))
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+        if layer.rows is None:  # skipped layer: no adapter of the step targets it
+            assert all(float(pool._buffers[id(layer)][2][slots[n]]) == 0.0 for n in slots)
+    skipped = [name for name, layer in pool.layers.items() if layer.rows is None]
+    assert bool(skipped) == (set(names) == {"gamma", None})  # gamma adapts two module kinds only
 
 
 def test_prefill_groups_bound_padding():

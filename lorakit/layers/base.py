@@ -37,6 +37,12 @@ class RowAdapters:
             self._cache[key] = layer.stack_factors(self.names)
         return self._cache[key]
 
+    def add_to(self, layer: "LoraLayer", x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result`` (the base output) plus each row's LoRA term. The serving slot pool
+        implements the same method with a faster path for its preallocated buffers."""
+        a, b, s = self.weights(layer)
+        return result + layer.row_delta(x, a, b, s, self.slot).to(result.dtype)
+
 
 class LoraLayer(nn.Module):
     """Common state and forward of every adapted layer (subclasses: linear, embedding, conv)."""
@@ -108,8 +114,7 @@ class LoraLayer(nn.Module):
         if self.disabled:
             return result
         if self.rows is not None:
-            a, b, s = self.rows.weights(self)
-            return result + self.row_delta(x, a, b, s, self.rows.slot).to(result.dtype)
+            return self.rows.add_to(self, x, result)
         for name in self.active_adapters:
             if name in self.variants and name not in self.merged_adapters:
                 result = self.variants[name].forward(self, name, x, result)

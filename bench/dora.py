@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from common import machine_line, saved_bytes
 from torch import nn
 
 CONFIGS = [("lorakit", "lora"), ("lorakit", "dora"), ("peft", "lora"), ("peft", "dora")]
@@ -62,23 +63,6 @@ def build(library: str, method: str):
 
     cfg = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules="all-linear", use_dora=use_dora)
     return peft.get_peft_model(model, cfg)
-
-
-def saved_bytes(model, ids: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd keeps for the backward of one forward + loss."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(n for ptr, n in seen.items() if ptr not in params)
 
 
 def train_step(model, opt, ids: torch.Tensor) -> float:
@@ -105,7 +89,7 @@ def memory_worker(library: str, method: str) -> dict:
     """Peak RSS and saved-activation bytes of one configuration, alone in this process."""
     model, opt, n_trainable = setup(library, method)
     ids = batch()
-    act = saved_bytes(model, ids)
+    act = saved_bytes(lambda i: model(input_ids=i, labels=i).loss, model, ids)
     for _ in range(2):
         train_step(model, opt, ids)
     return {"library": library, "method": method, "trainable_params": n_trainable,
@@ -210,18 +194,6 @@ def run_worker(threads: int, *args: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
 def summarise(memory: list[dict], timing: dict) -> dict:
     table = {}
     for row in memory:
@@ -279,7 +251,7 @@ def main() -> None:
     load = (load_before, os.getloadavg()[0])
     table = summarise(memory, timing)
     header = (f"DoRA vs LoRA training step, SmolLM2-135M bf16, batch {BATCH}x{SEQ}, r={RANK}, all-linear, AdamW\n"
-              f"machine: {machine()}; {args.threads} torch thread(s); 1-min load average "
+              f"machine: {machine_line()}; {args.threads} torch thread(s); 1-min load average "
               f"{load[0]:.1f} -> {load[1]:.1f} during timing; {args.steps} interleaved timed steps "
               "per config (+1 warm-up)")
     print_table(table, header)

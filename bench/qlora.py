@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -34,26 +32,17 @@ from pathlib import Path
 
 import torch
 
+from common import machine_info
+
 BATCH, SEQ, RANK, ALPHA = 4, 128, 16, 32
 QUESTION = "What is the capital of France?"
 RESULTS = Path(__file__).parent / "results" / "qlora.json"
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     import bitsandbytes
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "bitsandbytes": bitsandbytes.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
+    return machine_info(bitsandbytes=bitsandbytes.__version__)
 
 
 def load():

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -34,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine_info
 
 import lorakit
 from lorakit.serve.cache import HostCache, read_adapter
@@ -49,17 +48,10 @@ WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly 
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
     import peft
     import transformers
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "transformers": transformers.__version__, "peft": peft.__version__,
-            "load_average": os.getloadavg()[0]}
+    return machine_info(transformers=transformers.__version__, peft=peft.__version__)
 
 
 def prompts(tok, n: int) -> list[list[int]]:

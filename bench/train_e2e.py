@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_speed import cpu_model  # noqa: E402
+from common import cpu_model  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 BATCH, EPOCHS, LR, WARMUP, MAX_LEN, RANK, ALPHA, DROPOUT = 8, 1, 2e-4, 0.1, 320, 16, 32, 0.05

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -40,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from common import machine_info, saved_bytes
+
 MODEL = "smollm2-135m-instruct"
 BATCH, SEQ, RANK, ALPHA, DROPOUT, LR = 4, 256, 16, 32, 0.05, 2e-4
 DATA = Path(__file__).parent.parent / "data" / "sql_demo" / "train.jsonl"
@@ -47,13 +48,6 @@ RESULTS = Path(__file__).parent / "results" / "train_speed.json"
 
 
 # ---- machine ----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def matmul_tflops(n: int = 2048, reps: int = 10) -> float:
     """Best-of-``reps`` bf16 ``[n, n] @ [n, n]`` rate in TFLOP/s (the roofline for MFU)."""
     a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
@@ -133,23 +127,6 @@ def build(system: str, adapter_dir: Path):
     return model, loss_fn
 
 
-def saved_bytes(loss_fn, model, ids: torch.Tensor) -> int:
-    """Bytes of distinct non-parameter storages autograd keeps for one step's backward."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = loss_fn(ids)
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return sum(n for ptr, n in seen.items() if ptr not in params)
-
-
 def worker(system: str, adapter_dir: Path, batches: Path, steps: int, warmup: int, measure_saved: bool) -> dict:
     data = torch.load(batches)
     torch.manual_seed(0)
@@ -220,8 +197,7 @@ def main(args) -> None:
     peak = matmul_tflops()
     cfg = AutoConfig.from_pretrained(resolve_model_path(MODEL))
     flops = lora_step_flops(cfg, BATCH, SEQ, BATCH * (SEQ - 1), RANK)["total"]
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-               "bf16_matmul_tflops": peak, "python": platform.python_version()}
+    machine = machine_info(bf16_matmul_tflops=peak, python=platform.python_version())
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; "
           f"bf16 matmul {peak:.3f} TFLOP/s; step needs {flops / 1e12:.3f} TFLOP")
     systems = args.systems.split(",")

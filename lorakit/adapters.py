@@ -104,9 +104,13 @@ def unmerge(model: nn.Module) -> None:
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
+    """(trainable, total) parameter counts. A quantized layer's packed weight (a buffer, see
+    ``lorakit.quant``) counts as the ``out x in`` numbers it stands for, so a QLoRA model's
+    total is the base model's, not its bytes."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    total += sum(m.in_features * m.out_features for m in model.modules()
+                 if hasattr(m, "quant_state") and hasattr(m, "dequantize"))
     return trainable, total
 
 

@@ -42,7 +42,10 @@ def test_quantizes_every_linear_but_the_head():
     torch.manual_seed(0)
     model = tiny.llama()
     linears = _linear_names(model, nn.Linear)
+    total_before = lorakit.trainable_parameters(model)[1]
     assert quantize(model, compute_dtype=torch.float32) is model
+    # the parameter count a user sees is the model's, not the packed bytes'
+    assert lorakit.trainable_parameters(model)[1] == total_before
     assert _linear_names(model, nn.Linear) == ["lm_head"]
     assert _linear_names(model, Linear4bit) == [n for n in linears if n != "lm_head"]
     # no full-precision copy of a replaced weight is left in the model

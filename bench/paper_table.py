@@ -4,8 +4,8 @@ Task: the shipped text-to-SQL demo (data/sql_demo: 400 train / 50 held-out test 
 graded by exact match of the generated query). Model: SmolLM2-135M-Instruct (bf16-true
 training: bf16 base, fp32 trainable weights, bf16 autocast). Every row trains with the same
 budget (``--steps`` optimizer steps of ``--batch-size`` examples, seed 0, cosine schedule),
-each in its own ``lorakit train`` subprocess, so its peak RSS (``wait4``) and CPU time are its
-own. LoRA rows use a fixed ``lora_alpha`` (16), as the paper does, so the scaling alpha/r
+each in its own ``lorakit train`` subprocess, so its peak RSS (the child's ``VmHWM``) and CPU
+time are its own. LoRA rows use a fixed ``lora_alpha`` (16), as the paper does, so the scaling alpha/r
 falls with r; rsLoRA keeps alpha/sqrt(r). Evaluation (in this process): batched greedy
 generation on the 50 test prompts, rendered with the training template, bf16.
 
@@ -18,7 +18,7 @@ Also: subspace similarity between the r=8 and r=64 all-linear adapters (paper se
 
 Finished rows are cached in ``--work`` (a rerun with the same settings reuses them; ``--fresh``
 retrains). Writes bench/results/paper_table.{json,md,png} and the similarity heatmaps
-paper_table_similarity_{A,dW-out}.png.
+paper_table_similarity_{A,dW-in,dW-out}.png.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from common import machine_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "sql_demo"
@@ -75,6 +76,10 @@ def table_rows() -> list[Row]:
         Row(f"lora-all-r8-n{LOW_DATA}", f"LoRA, {LOW_DATA} examples", r=8, flags=lora8, n_train=LOW_DATA),
         Row(f"full-n{LOW_DATA}", f"full fine-tuning, {LOW_DATA} examples", target="all", full=True,
             flags=["--full"], n_train=LOW_DATA),
+        # The memory claim at a setting where activations do not dominate: both recompute them.
+        Row("full-gc", "full fine-tuning, gradient checkpointing", target="all", full=True,
+            flags=["--full", "--gradient-checkpointing"]),
+        Row("lora-all-r8-gc", "LoRA, gradient checkpointing", r=8, flags=lora8 + ["--gradient-checkpointing"]),
     ]
     return rows
 
@@ -84,7 +89,7 @@ def table_rows() -> list[Row]:
 PRIORITY = ["full", "lora-all-r8", "lora-all-r64", "qlora-all-r8", "lora-all-r1", "lora-all-r4",
             "lora-all-r16", "lora-qv-r8", "dora-all-r8", "loraplus-all-r8", "pissa-all-r8",
             "rslora-all-r64", "lora-qv-r1", "lora-qv-r4", "lora-qv-r16", "lora-qv-r64",
-            f"lora-all-r8-n{LOW_DATA}", f"full-n{LOW_DATA}", "base"]
+            f"lora-all-r8-n{LOW_DATA}", f"full-n{LOW_DATA}", "base", "full-gc", "lora-all-r8-gc"]
 
 
 def missing_reason(row: Row) -> str | None:
@@ -113,14 +118,36 @@ def missing_reason(row: Row) -> str | None:
 # ---- training: one subprocess per row ---------------------------------------------------------
 def train_command(row: Row, args, out: Path, data: Path) -> list[str]:
     lr = args.lr_full if row.full else args.lr
-    return [sys.executable, "-m", "lorakit.cli", "train", "--model", MODEL, "--data", str(data),
+    return ["lorakit.cli", "train", "--model", MODEL, "--data", str(data),
             "--max-steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(lr),
             "--seed", "0", "--save-every", "0", "--no-progress", "--overwrite",
             "--output-dir", str(out)] + row.flags
 
 
-def run_measured(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd`` (output to ``log``); its wall time, CPU time and peak RSS from ``wait4``."""
+# The child writes its own peak RSS (VmHWM of the address space exec gave it) when it exits.
+# wait4's ru_maxrss is no use here: Linux carries the parent's RSS at fork into the child's
+# maxrss across exec, and this process grows as it evaluates rows.
+_CHILD = """import atexit, runpy, sys
+out = sys.argv.pop(1)
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM"):
+            open(out, "w").write(line.split()[1])
+atexit.register(_peak)
+if sys.argv[1] == "-c":
+    exec(compile(sys.argv[2], "<child>", "exec"), {"__name__": "__main__"})
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def run_measured(argv: list[str], log: Path) -> dict:
+    """Run ``python <argv>`` (``-m``-style module and args, or ``-c CODE``) with output to
+    ``log``; its wall time, CPU time (``wait4``) and peak RSS (its own ``VmHWM``)."""
+    hwm = log.with_suffix(".peak_kib")
+    hwm.unlink(missing_ok=True)
+    cmd = [sys.executable, "-c", _CHILD, str(hwm)] + argv
     start = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -128,9 +155,9 @@ def run_measured(cmd: list[str], log: Path) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{tail}")
     return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
-            "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is in KiB on Linux
+            "peak_rss_mib": int(hwm.read_text()) / 1024}
 
 
 def train_row(row: Row, args, work: Path) -> dict:
@@ -161,7 +188,7 @@ def load_only_rss(work: Path) -> float:
         code = ("import torch; from lorakit.models import load_model, load_tokenizer; "
                 f"load_tokenizer({MODEL!r}); load_model({MODEL!r}, dtype=torch.bfloat16)")
         work.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(run_measured([sys.executable, "-c", code], work / "load_only.log")))
+        cache.write_text(json.dumps(run_measured(["-c", code], work / "load_only.log")))
     return json.loads(cache.read_text())["peak_rss_mib"]
 
 
@@ -218,14 +245,23 @@ def peft_trainable(row: Row) -> int | None:
     return peft.get_peft_model(model, cfg).get_nb_trainable_parameters()[0]
 
 
-def peft_exact_match(adapter: str, tokenizer, evalset, args) -> dict:
-    """The same adapter directory loaded by PEFT, scored by the same generation code."""
+def peer_eval(row: Row, adapter: str, tokenizer, evalset, args, rounds: int = 2) -> dict:
+    """The same adapter directory loaded by PEFT and by lorakit, scored by the same generation
+    code, alternating (lorakit, PEFT) ``rounds`` times so that machine load hits both alike;
+    exact match of each and the minimum generation time of each."""
     from peft import PeftModel
 
     from lorakit.models import load_model
 
-    model = PeftModel.from_pretrained(load_model(MODEL, dtype=torch.bfloat16), adapter)
-    return exact_match_of(model, tokenizer, evalset, args)
+    models = {"lorakit": load_for_row(row, adapter),
+              "peft": PeftModel.from_pretrained(load_model(MODEL, dtype=torch.bfloat16), adapter)}
+    runs: dict[str, list] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            runs[name].append(exact_match_of(model, tokenizer, evalset, args))
+    out = {f"{name}_exact_match": results[0]["exact_match"] for name, results in runs.items()}
+    out.update({f"{name}_eval_s": min(r["eval_s"] for r in results) for name, results in runs.items()})
+    return out
 
 
 # ---- subspace similarity (paper section 7.2) --------------------------------------------------
@@ -242,7 +278,7 @@ def subspace_summary(adapter_8: str, adapter_64: str, out_dir: Path) -> dict:
     _, layers8 = read_adapter(adapter_8)
     _, layers64 = read_adapter(adapter_64)
     out = {}
-    for subject in ("A", "dW-out"):
+    for subject in ("A", "dW-in", "dW-out"):
         rows, grids = inspect_layers(layers8, layers64, subject=subject)
         grouped = mean_grids(grids)
         save_similarity_heatmaps({k: v for k, v in grouped.items() if k in ("all", "q_proj", "v_proj")},
@@ -267,44 +303,46 @@ def goals(results: dict, similarity: dict | None, load_rss: float | None = None)
     full, lora, qlora = em("full"), em("lora-all-r8"), em("qlora-all-r8")
     pct = get("lora-all-r8", "trainable_pct")
     if None not in (full, lora, pct):
-        gap = 100 * (full - lora)
+        gap = round(100 * (full - lora), 6)  # 0.98 - 0.96 is not exactly 0.02
+        # r=8 on every linear layer of a 135M model with hidden size 576 is 1.8% of the weights;
+        # the under-1% part of the goal is shown by the LoRA rows that are under 1%.
+        under = [(get(n, "trainable_pct"), n) for n in results if n.startswith("lora-") and "-n" not in n
+                 and "-gc" not in n and (get(n, "trainable_pct") or 100) < 1.0 and em(n) is not None]
+        best = max(under, key=lambda t: em(t[1])) if under else None
+        extra = (f"; best row under 1%: {best[1]} EM {100 * em(best[1]):.1f} with {best[0]:.2f}% trainable "
+                 f"(gap {100 * (full - em(best[1])):+.1f} pts)") if best else ""
         out.append({"goal": "LoRA r=8 all-linear within 1 point of full FT, <1% trainable",
-                    "measured": f"EM {100 * lora:.1f} vs {100 * full:.1f} (gap {gap:+.1f} pts), {pct:.2f}% trainable",
+                    "measured": f"EM {100 * lora:.1f} vs {100 * full:.1f} (gap {gap:+.1f} pts; one test question "
+                                f"= 2 pts), {pct:.2f}% trainable{extra}",
                     "met": gap <= 1.0 and pct < 1.0})
     if None not in (lora, qlora):
-        gap = 100 * (lora - qlora)
+        gap = round(100 * (lora - qlora), 6)
         out.append({"goal": "QLoRA within 2 points of LoRA (r=8 all-linear)",
                     "measured": f"EM {100 * qlora:.1f} vs {100 * lora:.1f} (gap {gap:+.1f} pts)", "met": gap <= 2.0})
-    mem_full, mem_lora = get("full", "peak_rss_mib"), get("lora-all-r8", "peak_rss_mib")
-    if None not in (mem_full, mem_lora):
+    for suffix, how in (("", ""), ("-gc", ", both with gradient checkpointing")):
+        mem_full, mem_lora = get("full" + suffix, "peak_rss_mib"), get("lora-all-r8" + suffix, "peak_rss_mib")
+        if None in (mem_full, mem_lora):
+            continue
         ratio = mem_full / mem_lora
         extra = ""
         if load_rss:
             extra = (f"; above the {load_rss:.0f} MiB a process needs to load the model: "
                      f"{mem_full - load_rss:.0f} vs {mem_lora - load_rss:.0f} MiB = "
                      f"{(mem_full - load_rss) / (mem_lora - load_rss):.1f}x")
-        out.append({"goal": "full FT peak training memory >= 2.5x LoRA (r=8 all-linear)",
+        out.append({"goal": f"full FT peak training memory >= 2.5x LoRA (r=8 all-linear{how})",
                     "measured": f"peak RSS {mem_full:.0f} MiB vs {mem_lora:.0f} MiB = {ratio:.2f}x{extra}",
                     "met": ratio >= 2.5})
     if similarity:
         top = similarity["A"]["all"]
+        others = "; ".join(f"of {k} = {similarity[k]['all']['sim_top']:.3f} (random "
+                           f"{similarity[k]['all']['sim_top_random']:.4f})" for k in ("dW-in", "dW-out") if k in similarity)
         out.append({"goal": "r=8 vs r=64 top-direction subspace similarity > 0.5",
-                    "measured": f"phi(1,1) of A = {top['sim_top']:.3f} (random {top['sim_top_random']:.4f}); "
-                                f"of dW output space = {similarity['dW-out']['all']['sim_top']:.3f}",
+                    "measured": f"phi(1,1) of A = {top['sim_top']:.3f} (random {top['sim_top_random']:.4f}); {others}",
                     "met": top["sim_top"] > 0.5})
     return out
 
 
 # ---- outputs ----------------------------------------------------------------------------------
-def machine() -> str:
-    cpu = platform.processor()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
 def _fmt_bytes(n):
     return "-" if n is None else (f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB")
 
@@ -334,17 +372,18 @@ def markdown(report: dict) -> str:
     done = [r for r in report["results"].values() if "exact_match" in r]
     loads = [r[k] for r in done for k in ("load_avg_before", "load_avg_after") if k in r]
     lines += ["", f"Rows took {sum(r.get('wall_s', 0) + r['eval_s'] for r in done) / 60:.0f} min in all "
-                  f"(training + evaluation). The 2 cores were shared with other jobs: the 1-minute load "
-                  f"average ranged {min(loads, default=0):.1f}-{max(loads, default=0):.1f} around the rows, so wall "
-                  "times are inflated and noisy; CPU seconds and peak RSS are the robust columns. With "
-                  "50 test questions one question is 2 points of exact match."]
+                  f"(training + evaluation). The 1-minute load average just before and after each row "
+                  f"ranged {min(loads, default=0):.1f}-{max(loads, default=0):.1f} (a row's own two threads "
+                  "make about 2; more means another job shared the cores and that row's wall time is "
+                  "inflated); CPU seconds and peak RSS are the robust columns. With 50 test questions one "
+                  "question is 2 points of exact match."]
     if report.get("peft_eval"):
         p = report["peft_eval"]
         lines += ["", f"PEFT peer: the lora-all-r8 adapter loaded with PEFT scores EM "
-                      f"{100 * p['exact_match']:.1f} (lorakit: {100 * p['lorakit_exact_match']:.1f}); "
-                      f"generation on the 50 test prompts took {p['eval_s']:.0f} s with PEFT vs "
-                      f"{p['lorakit_eval_s']:.0f} s with lorakit (ratio {p['eval_s'] / p['lorakit_eval_s']:.2f}, "
-                      "same machine load caveat as the other times)."]
+                      f"{100 * p['peft_exact_match']:.1f} (lorakit: {100 * p['lorakit_exact_match']:.1f}); "
+                      f"generating the 50 answers took {p['peft_eval_s']:.1f} s with PEFT vs "
+                      f"{p['lorakit_eval_s']:.1f} s with lorakit (best of 2 alternating rounds; "
+                      f"lorakit / PEFT = {p['lorakit_eval_s'] / p['peft_eval_s']:.2f})."]
     if report.get("similarity"):
         lines += ["", "Subspace similarity, r=8 vs r=64 all-linear (mean over layers; random baseline in brackets):",
                   "", "| subject | modules | phi(1,1) | phi(1,64) | phi(8,64) |", "|---|---|---|---|---|"]
@@ -454,14 +493,14 @@ def main() -> int:
         if "missing" not in res and "peft_trainable" not in res:
             res["peft_trainable"] = peft_trainable(row)
         print(f"    {json.dumps({k: v for k, v in res.items() if k != 'sample'})}", flush=True)
-    report = {"machine": machine(), "settings": settings_of(args), "base_params": base_params,
+    report = {"machine": machine_line(), "settings": settings_of(args), "base_params": base_params,
               "command": "flock /tmp/lorakit-bench.lock .venv/bin/python bench/paper_table.py "
-                         + " ".join(sys.argv[1:]),
+                         + " ".join(a for a in sys.argv[1:] if a != "--cached-only"),  # what trains them
               "rows": [asdict(r) for r in rows], "results": results}
     r8, r64 = results.get("lora-all-r8", {}), results.get("lora-all-r64", {})
     if "artifact" in r8:
-        report["peft_eval"] = peft_exact_match(r8["artifact"], tokenizer, evalset, args)
-        report["peft_eval"].update(lorakit_exact_match=r8["exact_match"], lorakit_eval_s=r8["eval_s"])
+        row8 = next(r for r in table_rows() if r.name == "lora-all-r8")
+        report["peft_eval"] = peer_eval(row8, r8["artifact"], tokenizer, evalset, args)
     if "artifact" in r8 and "artifact" in r64:
         report["similarity"] = subspace_summary(r8["artifact"], r64["artifact"], Path(args.out))
     report["load_only_rss_mib"] = load_only_rss(work)

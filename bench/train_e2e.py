@@ -17,7 +17,8 @@ count):
             length-bucketed batches).
 - trl:      ``SFTTrainer`` on the bf16 model with ``peft_config``, ``bf16=True`` (autocast),
             ``completion_only_loss`` on prompt/completion rows (the same Alpaca prompt text),
-            TRL's defaults otherwise.
+            ``gradient_checkpointing=False`` (TRL turns it on by default, which costs a
+            recomputed forward per step; off is TRL's faster setting), TRL's defaults otherwise.
 - lorakit-nofast (``--systems`` to add it): ``lorakit train --no-fast``.
 
 Both adapters are then scored by the same code (``lorakit.eval.loss.dataset_loss``: mean NLL
@@ -119,7 +120,7 @@ def trl_worker(train: Path, out: Path) -> None:
                      learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP,  # a ratio when < 1
                      max_grad_norm=1.0, max_length=MAX_LEN, completion_only_loss=True, bf16=True,
                      use_cpu=True, seed=0, save_strategy="no", logging_steps=10, report_to="none",
-                     disable_tqdm=True)
+                     disable_tqdm=True, gradient_checkpointing=False)
     cfg = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=DROPOUT, target_modules="all-linear",
                           task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),

@@ -83,7 +83,9 @@ class SlotPool:
         self.device = next(iter(self._buffers.values()))[0].device
         self._dtype = next(iter(self._buffers.values()))[0].dtype
         self._by_id = {id(layer): layer for layer in self.layers.values()}
-        self._scale = {key: [0.0] * n_slots for key in self._by_id}  # per layer, per slot
+        # s_buf as Python floats (per layer, per slot): the one-adapter path passes the scaling
+        # as add_'s alpha without reading a tensor element on the hot path
+        self._scale = {key: [0.0] * n_slots for key in self._by_id}
         self._targets: list[set[int]] = [set() for _ in range(n_slots)]  # layers a slot's adapter adapts
         self._safe = self._row_mask = None
         self.key_of: list[object | None] = [None] * n_slots  # slot index -> adapter key
@@ -114,15 +116,17 @@ class SlotPool:
         if self._only is not None:
             h = F.linear(F.linear(x.to(a.dtype), a[self._only, :r]), b[self._only, :, :r])
             if self._row_mask is not None:  # base-only rows in the batch get no update
-                h = (h.reshape(self._row_mask.shape[0], -1, h.shape[-1]) * self._row_mask).reshape(h.shape)
+                h = (h.reshape(self._row_mask.shape[0], -1, h.shape[-1]) * self._row_mask[:, None, None]).reshape(h.shape)
             scale = self._scale[id(layer)][self._only]
             return result.add_(h, alpha=scale) if in_place else result + h.to(result.dtype) * scale
         rows = self.slot.shape[0]
         h = x.reshape(rows, -1, x.shape[-1]).to(a.dtype)
         h = torch.bmm(h, a[:, :r].index_select(0, self._safe).transpose(1, 2))
         h = torch.bmm(h, b[:, :, :r].index_select(0, self._safe).transpose(1, 2))
-        h = h * (s.index_select(0, self._safe) if self._row_mask is None
-                 else s.index_select(0, self._safe) * self._row_mask[:, 0, 0]).to(h.dtype)[:, None, None]
+        scale = s.index_select(0, self._safe)
+        if self._row_mask is not None:
+            scale = scale * self._row_mask
+        h = h * scale.to(h.dtype)[:, None, None]
         h = h.reshape(result.shape)
         return result.add_(h) if in_place else result + h.to(result.dtype)
 
@@ -136,8 +140,7 @@ class SlotPool:
             self._only = next(iter(used)) if len(used) == 1 else None
             self.slot = torch.tensor(slot_per_row, dtype=torch.long, device=self.device)
             self._safe = self.slot.clamp(min=0)
-            base_rows = len(used) < len(slot_per_row) and min(slot_per_row) < 0
-            self._row_mask = ((self.slot >= 0).to(self._dtype)[:, None, None] if base_rows else None)
+            self._row_mask = (self.slot >= 0).to(self._dtype) if min(slot_per_row) < 0 else None  # [rows]
             self._rank = max(self.rank_of[i] for i in used)
             for i in used:
                 active |= self._targets[i]

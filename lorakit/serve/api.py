@@ -31,6 +31,7 @@ from lorakit.serve.engine import Delta, Done, EngineClosed, Failed, QueueFull, R
 from lorakit.serve.registry import RegistryError
 from lorakit.serve.schema import AdapterLoad, APIError, ChatRequest, CompletionRequest, parse
 from lorakit.serve.server import AdapterUnavailable, Server
+from lorakit.serve.threads import serial_openmp
 
 log = logging.getLogger("lorakit.serve")
 
@@ -66,7 +67,7 @@ def create_app(server: Server) -> FastAPI:
     async def load_adapter(request: HTTPRequest):
         body = parse(AdapterLoad, await _json(request))
         try:
-            adapter = await run_in_threadpool(server.load_adapter, body.name, body.path)
+            adapter = await _off_engine(server.load_adapter, body.name, body.path)
         except AdapterUnavailable as err:
             raise APIError(400, str(err)) from None
         return {"id": body.name, "object": "model", "owned_by": "lorakit", "parent": server.model_id,
@@ -204,9 +205,19 @@ class _Channel:
             pass
 
 
+def _off_engine(fn, *args):
+    """Run ``fn`` (adapter file reads) in a worker thread whose torch ops stay on that thread:
+    an OpenMP pool there would slow every engine step (lorakit/serve/threads.py)."""
+    def call():
+        serial_openmp()
+        return fn(*args)
+
+    return run_in_threadpool(call)
+
+
 async def _generate(server: Server, endpoint: str, body, prompts: list[list[int]], params):
     try:
-        adapter = await run_in_threadpool(server.adapter, body.model)
+        adapter = await _off_engine(server.adapter, body.model)
     except AdapterUnavailable as err:
         raise APIError(422, str(err), "model") from None
     started = time.monotonic()

@@ -28,7 +28,8 @@ import torch
 from transformers import DynamicCache
 
 from lorakit.serve.cache import HostAdapter
-from lorakit.serve.kvbatch import BatchKV
+from lorakit.serve.threads import release_openmp_pool
+from lorakit.serve.kvbatch import BatchKV, new_cache
 from lorakit.serve.metrics import ServerMetrics
 from lorakit.serve.sampling import SamplingParams, make_generator, next_tokens
 from lorakit.serve.slots import SlotPool
@@ -143,6 +144,10 @@ class Engine:
 
     # ---- API side ---------------------------------------------------------------------------
     def start(self) -> "Engine":
+        """Start the engine thread. The calling thread (the one that loaded the model) gives
+        its OpenMP worker pool back first, so that the engine's is the only one: two pools on
+        a small machine make every torch op wait on a futex (lorakit/serve/threads.py)."""
+        release_openmp_pool()
         self._thread = threading.Thread(target=self._loop, name="lorakit-engine", daemon=True)
         self._thread.start()
         return self
@@ -282,7 +287,7 @@ class Engine:
             kw.update(attention_mask=mask.to(self.pool.device),
                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.pool.device))
         try:
-            cache = DynamicCache()
+            cache = new_cache()
             out = self._forward(ids.to(self.pool.device), cache, [r.slot for r in group], **kw)
         except Exception as err:
             log.exception("prefill failed")

@@ -37,6 +37,7 @@ from torch import nn
 from lorakit.config import LoraConfig
 from lorakit.layers import LoraLayer, make_layer
 from lorakit.serve.cache import HostAdapter
+from lorakit.serve.groups import build_groups
 from lorakit.targets import find_targets
 
 
@@ -65,7 +66,8 @@ class SlotPool:
     request for it is a hit) until the least recently used one is overwritten.
     """
 
-    def __init__(self, model: nn.Module, n_slots: int, max_rank: int, dtype: torch.dtype | None = None):
+    def __init__(self, model: nn.Module, n_slots: int, max_rank: int, dtype: torch.dtype | None = None,
+                 group: bool = True):
         if n_slots < 1 or max_rank < 1:
             raise ValueError(f"slot pool needs n_slots >= 1 and max_rank >= 1, got {n_slots}, {max_rank}")
         self.n_slots, self.max_rank = n_slots, max_rank
@@ -96,6 +98,26 @@ class SlotPool:
         self._rank = 0
         self._only: int | None = None  # the single slot of a one-adapter step
         self.hits = self.misses = 0
+        # layers sharing an input run as one matmul with the step's adapter inside (serve/groups.py)
+        self.groups = build_groups(self, model, self.layers, self._dtype) if group else []
+
+    # ---- what the groups read ---------------------------------------------------------------
+    def buffers(self, layer: LoraLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The layer's slot buffers ``A [S, r_max, in]``, ``B [S, out, r_max]``, ``scaling [S]``."""
+        return self._buffers[id(layer)]
+
+    def scale_of(self, layer: LoraLayer, slot: int) -> float:
+        return self._scale[id(layer)][slot]
+
+    @property
+    def only(self) -> int | None:
+        """The slot every adapter row of this step uses, or None (no adapter, or several)."""
+        return self._only
+
+    @property
+    def row_mask(self) -> torch.Tensor | None:
+        """``[rows]``: 1 for rows with an adapter, 0 for base-only rows; None if all have one."""
+        return self._row_mask
 
     # ---- the RowAdapters protocol -----------------------------------------------------------
     def weights(self, layer: LoraLayer):
@@ -136,6 +158,7 @@ class SlotPool:
         that none of the step's adapters targets."""
         used = {i for i in slot_per_row if i >= 0}
         active: set[int] = set()
+        self._only = None
         if used:
             self._only = next(iter(used)) if len(used) == 1 else None
             self.slot = torch.tensor(slot_per_row, dtype=torch.long, device=self.device)
@@ -200,10 +223,15 @@ class SlotPool:
                 self._targets[index].add(id(layer))
         self.key_of[index] = adapter.key
         self.rank_of[index] = adapter.max_rank
+        for group in self.groups:
+            if group.region == index:
+                group.region = None  # its copy of the slot's factors is stale
 
     @property
     def used(self) -> int:
         return sum(k is not None for k in self.key_of)
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for bufs in self._buffers.values() for t in bufs)
+        extra = sum(g.b_blk.nbytes + g.s_vec.nbytes + (g.ext.shape[0] - g.width) * g.ext.shape[1] * g.ext.element_size()
+                    for g in self.groups)
+        return extra + sum(t.numel() * t.element_size() for bufs in self._buffers.values() for t in bufs)

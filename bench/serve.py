@@ -204,6 +204,17 @@ def table(results: dict, hot: dict, info: dict, args) -> str:
         lines.append(f"| {shape} | {a:.1f} | {b:.1f} | {c:.1f} | {d:.1f} | {e:.1f} | {b / a:.2f} | {c / b:.2f} "
                      f"| {c / d:.2f} |")
     lines += ["", "tokens/s; goals: b/a >= 0.9, c/b >= 0.8, c/d >= 3", "",
+              "ratios within each round (the scenarios of a round run back to back, so load that"
+              " changes between rounds cancels out), min-max over rounds:"]
+    for shape, r in results.items():
+        per = {k: [x["tokens_per_s"] for x in r[k]["rounds"]] for k in r}
+        rng = lambda num, den: (min(n / m for n, m in zip(per[num], per[den])),  # noqa: E731
+                                max(n / m for n, m in zip(per[num], per[den])))
+        parts = [f"{label} {lo:.2f}-{hi:.2f}" for label, (lo, hi) in
+                 (("b/a", rng("b_one_adapter", "a_base")), ("c/b", rng("c_distinct_adapters", "b_one_adapter")),
+                  ("c/d", rng("c_distinct_adapters", "d_peft_adapter_names")))]
+        lines.append(f"  {shape}: " + ", ".join(parts))
+    lines += ["",
               f"hot-load of an r=16 all-linear adapter ({hot['adapter_mib_bf16']:.1f} MiB bf16), p50 of {hot['reps']}: "
               f"lorakit {hot['lorakit_total_p50_ms']:.1f} ms (disk -> host {hot['lorakit_read_p50_ms']:.1f} ms, "
               f"host -> slot {hot['lorakit_slot_write_p50_ms']:.1f} ms); PEFT load_adapter "

@@ -16,16 +16,10 @@ from lorakit.serve.cache import HostCache
 from lorakit.serve.kvbatch import SLACK, SlackLayer, new_cache
 from lorakit.serve.slots import SlotPool
 from lorakit.serve.threads import _openmp, release_openmp_pool, serial_openmp
-from tests.test_serve_support import one_thread, tiny_model, write_adapters
+from tests.test_serve_support import tiny_setup
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    base = tiny_model()
-    write_adapters(base, root)
-    with one_thread():
-        yield base, root
+setup = pytest.fixture(scope="module", name="setup")(tiny_setup)
 
 
 def _pools(base, root, names, n_slots=4, dtype=torch.float32):

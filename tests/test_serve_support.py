@@ -90,6 +90,16 @@ class Offline:
         return self.tok.decode(self.ids(name, ids, max_tokens), skip_special_tokens=True)
 
 
+def tiny_setup(tmp_path_factory):
+    """Body of the serving test modules' ``setup`` fixture: (tiny base model, directory of the
+    ``ADAPTERS``), torch on one thread while the module runs."""
+    root = tmp_path_factory.mktemp("adapters")
+    base = tiny_model()
+    write_adapters(base, root)
+    with one_thread():
+        yield base, root
+
+
 @contextmanager
 def one_thread():
     """Run torch on one thread: tiny models gain nothing from more, and on a shared, busy

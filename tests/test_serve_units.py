@@ -20,16 +20,10 @@ from lorakit.serve.registry import AdapterRegistry, RegistryError
 from lorakit.serve.sampling import SamplingParams, make_generator, sample_row
 from lorakit.serve.slots import SlotPool
 from lorakit.serve.textstream import TextStream
-from tests.test_serve_support import ADAPTERS, Offline, one_thread, tiny_model, tokenizer, write_adapters
+from tests.test_serve_support import ADAPTERS, Offline, tiny_setup, tokenizer
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    base = tiny_model()
-    write_adapters(base, root)
-    with one_thread():
-        yield base, root
+setup = pytest.fixture(scope="module", name="setup")(tiny_setup)
 
 
 def _pool(base, n_slots=4, max_rank=8):

@@ -1,12 +1,14 @@
 """The serving engine's fast paths against their plain references: grouped layers (q/k/v and
 gate/up as one matmul with the step's adapter inside, serve/groups.py) against the per-layer
-slot path, the slack KV cache against transformers' concatenating one, and the OpenAI-pool
+slot path, the C++ per-row kernels (serve/kernels.py) against exact products and the batched
+matmul path, the slack KV cache against transformers' concatenating one, and the OpenMP-pool
 hygiene of serve/threads.py."""
 
 from __future__ import annotations
 
 import copy
 import os
+import shutil
 import threading
 
 import pytest
@@ -143,3 +145,98 @@ def test_openmp_pool_release_and_serial_threads():
     t.join()
     assert counts["after"] == counts["start"] and counts["torch_threads"] == 1
     assert torch.get_num_threads() >= 2  # other threads keep their setting
+
+
+# ---- C++ per-row kernels (serve/kernels.py) ------------------------------------------------
+def _kernels():
+    from lorakit.serve import kernels
+
+    module = kernels.load()
+    if module is None:
+        # a machine with a compiler and ninja must build them: do not hide a broken build
+        assert not (shutil.which("c++") and shutil.which("ninja")), "the C++ kernels failed to build"
+        pytest.skip("no C++ compiler / ninja: the pool uses batched matmuls")
+    return module
+
+
+@pytest.mark.parametrize("in_f,out_f,rank,r_max", [(64, 32, 8, 8), (70, 300, 3, 8), (576, 1536, 16, 16)])
+def test_kernels_equal_exact_per_row_lora(in_f, out_f, rank, r_max):
+    """shrink + expand_add against the fp32 product on the same bf16 numbers: base rows (-1)
+    untouched, ranks below r_max, input widths not a multiple of 16, outputs over one 256
+    chunk, rows of a strided output (a view into a wider tensor, as a layer group's split)."""
+    k = _kernels()
+    gen = torch.Generator().manual_seed(0)
+    n_slots, rows = 5, 7
+    a = torch.randn(n_slots, r_max, in_f, generator=gen).bfloat16()
+    bt = torch.randn(n_slots, r_max, out_f, generator=gen).bfloat16()
+    scale = torch.tensor([0.5, 2.0, 1.0, 0.25, 3.0]).bfloat16()
+    slot = torch.tensor([3, -1, 0, 3, 4, 1, -1])
+    x = torch.randn(rows, in_f, generator=gen).bfloat16()
+    wide = torch.randn(rows, out_f + 10, generator=gen).bfloat16()
+    out = wide[:, 5: 5 + out_f]
+    before = out.clone()
+    h = k.shrink(x, a, slot, rank)
+    k.expand_add(out, h, bt, slot, scale, rank)
+    safe = slot.clamp(min=0)
+    exact_h = torch.einsum("ni,nri->nr", x.float(), a.float()[safe, :rank])
+    exact = torch.einsum("nr,nro->no", exact_h, bt.float()[safe, :rank]) * scale.float()[safe, None]
+    exact = torch.where((slot >= 0)[:, None], before.float() + exact, before.float())
+    torch.testing.assert_close(h[slot >= 0], exact_h[slot >= 0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out.float(), exact, rtol=1e-2, atol=1e-2)  # one bf16 rounding of the sum
+    assert torch.equal(out[slot < 0], before[slot < 0])
+    assert torch.equal(wide[:, :5], wide[:, :5]) and wide.shape == (rows, out_f + 10)
+    with pytest.raises(RuntimeError, match="bfloat16"):
+        k.shrink(x.float(), a, slot, rank)
+    with pytest.raises(RuntimeError, match="out of range"):
+        k.shrink(x, a, torch.full((rows,), n_slots), rank)
+
+
+def _bf16_forward(pool, model, slots, rows, ids):
+    """Logits of a prefill and three decode steps (the same tokens each time)."""
+    kv, logits = new_cache(), []
+    with torch.inference_mode():
+        pool.activate([slots[n] if n else -1 for n in rows])
+        out = model(input_ids=ids, past_key_values=kv, use_cache=True)
+        logits.append(out.logits)
+        for _ in range(3):
+            out = model(input_ids=ids[:, -1:], past_key_values=kv, use_cache=True)
+            logits.append(out.logits)
+    return torch.cat(logits, dim=1).float()
+
+
+@pytest.mark.parametrize("rows", [["alpha", "beta", None, "delta"], ["beta", "eta", "eta"]])
+def test_bf16_mixed_forward_with_kernels_is_as_close_to_fp32_as_batched_matmuls(setup, rows):
+    """A bf16 model through prefill and decode with mixed adapters: the kernel path (fp32
+    accumulation) and the gather + batched matmul path (bf16 intermediates) against the same
+    model in fp32 on the same bf16-rounded numbers. Base rows are bit-equal across paths; the
+    kernel's error is no larger than the batched matmuls'."""
+    _kernels()
+    base, root = setup
+    names = sorted({n for n in rows if n})
+    model = copy.deepcopy(base).to(torch.bfloat16)
+    pool = SlotPool(model, 4, 8)
+    cache = HostCache(pool.layer_shapes, torch.bfloat16)
+    slots = {n: pool.acquire(cache.get(n, root / n)) for n in names}
+    assert pool._kernels is not None
+    ids = torch.randint(0, 49152, (len(rows), 6), generator=torch.Generator().manual_seed(2))
+    with_kernels = _bf16_forward(pool, model, slots, rows, ids)
+    pool._kernels = None
+    batched = _bf16_forward(pool, model, slots, rows, ids)
+
+    model32 = copy.deepcopy(base).to(torch.bfloat16).float()
+    pool32 = SlotPool(model32, 4, 8)
+    cache32 = HostCache(pool32.layer_shapes, torch.float32)
+    slots32 = {n: pool32.acquire(cache32.get(n, root / n)) for n in names}
+    for layer in pool32.layers.values():  # the bf16 pool's numbers, held in fp32
+        for t in pool32.buffers(layer)[:2]:
+            t.copy_(t.bfloat16().float())
+    for group in pool32.groups:
+        group.region = None
+    exact = _bf16_forward(pool32, model32, slots32, rows, ids)
+
+    err_k = (with_kernels - exact).abs().amax(dim=(1, 2))
+    err_b = (batched - exact).abs().amax(dim=(1, 2))
+    base_rows = [i for i, n in enumerate(rows) if n is None]
+    assert torch.equal(with_kernels[base_rows], batched[base_rows])
+    assert (err_k <= err_b * 1.25 + 1e-3).all(), (err_k, err_b)
+    assert float(err_k.max()) < 0.1 * float(exact.abs().max()), (err_k, exact.abs().max())

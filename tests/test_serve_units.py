@@ -123,7 +123,7 @@ def test_slot_write_zero_pads_smaller_ranks(setup):
     assert float(s[0]) == 0.0 and a[0].abs().sum() == 0 and b[0].abs().sum() == 0
     down = pool.layers["model.layers.0.mlp.down_proj"]
     a, b, s = pool._buffers[id(down)]
-    assert a[0, 2:].abs().sum() == 0 and b[0, :, 2:].abs().sum() == 0 and float(s[0]) == 2.0
+    assert a[0, 2:].abs().sum() == 0 and b[0, 2:].abs().sum() == 0 and float(s[0]) == 2.0  # b: B transposed
 
 
 def _adapter_dir(root, name, config_changes=None, tensors=None):

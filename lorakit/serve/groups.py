@@ -65,7 +65,7 @@ class SlotGroup:
             rows = slice(self.width + j * rank, self.width + (j + 1) * rank)
             cols = slice(j * rank, (j + 1) * rank)
             self.ext[rows].copy_(a[slot])
-            self.b_blk[col: col + self.outs[j], cols].copy_(b[slot])
+            self.b_blk[col: col + self.outs[j], cols].copy_(b[slot].t())
             self.s_vec[cols] = pool.scale_of(layer, slot)
             col += self.outs[j]
         self.region = slot

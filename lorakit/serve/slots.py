@@ -2,14 +2,17 @@
 
 For each pooled layer the pool holds
 
-    A [S, r_max, in]    B [S, out, r_max]    scaling [S]
+    A [S, r_max, in]    Bt [S, r_max, out]  (B transposed)    scaling [S]
 
 and an engine step sets a per-row slot index (``slot [rows]``, -1 = base only). Every adapted
 layer then adds ``ops.lora_rows(x, A, B, scaling, slot)``, i.e. for row ``b`` with slot ``i``
 
     y[b] += (x[b] @ A[i].T @ B[i].T) * scaling[i]
 
-with one gather and two batched matmuls per layer, whatever the number of distinct adapters.
+whatever the number of distinct adapters: for decode steps in bf16 through the C++ kernels of
+``serve/kernels.py`` (each row reads its own slot's factors in place), otherwise one gather and
+two batched matmuls per layer. B is stored transposed so that the kernel's expand step streams
+contiguous rows of it.
 The pool speaks the ``RowAdapters`` protocol (``.slot`` and ``.weights(layer)``), so the layer
 code is the library's, unchanged.
 
@@ -36,6 +39,7 @@ from torch import nn
 
 from lorakit.config import LoraConfig
 from lorakit.layers import LoraLayer, make_layer
+from lorakit.serve import kernels
 from lorakit.serve.cache import HostAdapter
 from lorakit.serve.groups import build_groups
 from lorakit.targets import find_targets
@@ -56,6 +60,10 @@ def wrap_linear_layers(model: nn.Module) -> dict[str, LoraLayer]:
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
         layers[name] = layer
     return layers
+
+
+def kernels_ok(dtype: torch.dtype, device: torch.device) -> bool:
+    return dtype == torch.bfloat16 and device.type == "cpu"
 
 
 class SlotPool:
@@ -79,7 +87,7 @@ class SlotPool:
             kw = dict(dtype=dtype or weight.dtype, device=weight.device)
             self._buffers[id(layer)] = (
                 torch.zeros(n_slots, max_rank, layer.in_features, **kw),
-                torch.zeros(n_slots, layer.out_features, max_rank, **kw),
+                torch.zeros(n_slots, max_rank, layer.out_features, **kw),
                 torch.zeros(n_slots, **kw),
             )
         self.device = next(iter(self._buffers.values()))[0].device
@@ -98,12 +106,14 @@ class SlotPool:
         self._rank = 0
         self._only: int | None = None  # the single slot of a one-adapter step
         self.hits = self.misses = 0
+        # C++ per-row kernels for bf16 decode steps that mix adapters (serve/kernels.py)
+        self._kernels = kernels.load() if kernels_ok(self._dtype, self.device) else None
         # layers sharing an input run as one matmul with the step's adapter inside (serve/groups.py)
         self.groups = build_groups(self, model, self.layers, self._dtype) if group else []
 
     # ---- what the groups read ---------------------------------------------------------------
     def buffers(self, layer: LoraLayer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The layer's slot buffers ``A [S, r_max, in]``, ``B [S, out, r_max]``, ``scaling [S]``."""
+        """The layer's slot buffers ``A [S, r_max, in]``, ``Bt [S, r_max, out]``, ``scaling [S]``."""
         return self._buffers[id(layer)]
 
     def scale_of(self, layer: LoraLayer, slot: int) -> float:
@@ -124,7 +134,7 @@ class SlotPool:
         """The layer's stacked slot buffers sliced to the step's largest rank: with ``.slot``
         the arguments of the reference ``ops.lora_rows`` (what ``add_to`` computes faster)."""
         a, b, s = self._buffers[id(layer)]
-        return a[:, : self._rank], b[:, :, : self._rank], s
+        return a[:, : self._rank], b[:, : self._rank].transpose(1, 2), s
 
     def add_to(self, layer: LoraLayer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """``result`` plus each row's LoRA term: ``ops.lora_rows`` semantics (tested equal),
@@ -136,15 +146,22 @@ class SlotPool:
         r = self._rank
         in_place = not (torch.is_grad_enabled() and (result.requires_grad or x.requires_grad))
         if self._only is not None:
-            h = F.linear(F.linear(x.to(a.dtype), a[self._only, :r]), b[self._only, :, :r])
+            h = torch.matmul(F.linear(x.to(a.dtype), a[self._only, :r]), b[self._only, :r])
             if self._row_mask is not None:  # base-only rows in the batch get no update
                 h = (h.reshape(self._row_mask.shape[0], -1, h.shape[-1]) * self._row_mask[:, None, None]).reshape(h.shape)
             scale = self._scale[id(layer)][self._only]
             return result.add_(h, alpha=scale) if in_place else result + h.to(result.dtype) * scale
         rows = self.slot.shape[0]
+        if self._kernels is not None and in_place and x.dtype == a.dtype == result.dtype:
+            # no autograd: every token row reads its own slot's factors in place (C++ kernels)
+            tokens = x.numel() // (rows * x.shape[-1])
+            slot = self.slot if tokens == 1 else self.slot.repeat_interleave(tokens)
+            h = self._kernels.shrink(x.reshape(-1, x.shape[-1]), a, slot, r)
+            self._kernels.expand_add(result.view(-1, result.shape[-1]), h, b, slot, s, r)
+            return result
         h = x.reshape(rows, -1, x.shape[-1]).to(a.dtype)
         h = torch.bmm(h, a[:, :r].index_select(0, self._safe).transpose(1, 2))
-        h = torch.bmm(h, b[:, :, :r].index_select(0, self._safe).transpose(1, 2))
+        h = torch.bmm(h, b[:, :r].index_select(0, self._safe))
         scale = s.index_select(0, self._safe)
         if self._row_mask is not None:
             scale = scale * self._row_mask
@@ -217,7 +234,7 @@ class SlotPool:
             if factors is not None:
                 a, b, scaling = factors
                 a_buf[index, : a.shape[0]].copy_(a)
-                b_buf[index, :, : b.shape[1]].copy_(b)
+                b_buf[index, : b.shape[1]].copy_(b.t())
                 s_buf[index] = scaling
                 self._scale[id(layer)][index] = float(scaling)
                 self._targets[index].add(id(layer))

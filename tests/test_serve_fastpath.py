@@ -35,6 +35,19 @@ def _pools(base, root, names, n_slots=4, dtype=torch.float32):
     return out
 
 
+def _forward_logits(pool, model, slots, rows, ids):
+    """Logits of a prefill and three decode steps (the same tokens each time)."""
+    kv, logits = new_cache(), []
+    with torch.inference_mode():
+        pool.activate([slots[n] if n else -1 for n in rows])
+        out = model(input_ids=ids, past_key_values=kv, use_cache=True)
+        logits.append(out.logits)
+        for _ in range(3):
+            out = model(input_ids=ids[:, -1:], past_key_values=kv, use_cache=True)
+            logits.append(out.logits)
+    return torch.cat(logits, dim=1).float()
+
+
 def test_groups_are_the_shared_input_layers_and_share_their_storage(setup):
     base, root = setup
     (model, pool, _), (_, plain, _) = _pools(base, root, [])
@@ -59,18 +72,8 @@ def test_grouped_forward_equals_per_layer_path(setup, rows):
     the per-layer slot path's (fp32, summation order only)."""
     base, root = setup
     names = sorted({n for n in rows if n})
-    results = []
-    for model, pool, slots in _pools(base, root, names):
-        ids = torch.randint(0, 49152, (len(rows), 6), generator=torch.Generator().manual_seed(0))
-        cache, logits = new_cache(), []
-        with torch.inference_mode():
-            pool.activate([slots[n] if n else -1 for n in rows])
-            out = model(input_ids=ids, past_key_values=cache, use_cache=True)
-            logits.append(out.logits)
-            for _ in range(3):
-                out = model(input_ids=out.logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True)
-                logits.append(out.logits)
-        results.append(torch.cat(logits, dim=1))
+    ids = torch.randint(0, 49152, (len(rows), 6), generator=torch.Generator().manual_seed(0))
+    results = [_forward_logits(pool, model, slots, rows, ids) for model, pool, slots in _pools(base, root, names)]
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-4)
 
 
@@ -191,19 +194,6 @@ def test_kernels_equal_exact_per_row_lora(in_f, out_f, rank, r_max):
         k.shrink(x, a, torch.full((rows,), n_slots), rank)
 
 
-def _bf16_forward(pool, model, slots, rows, ids):
-    """Logits of a prefill and three decode steps (the same tokens each time)."""
-    kv, logits = new_cache(), []
-    with torch.inference_mode():
-        pool.activate([slots[n] if n else -1 for n in rows])
-        out = model(input_ids=ids, past_key_values=kv, use_cache=True)
-        logits.append(out.logits)
-        for _ in range(3):
-            out = model(input_ids=ids[:, -1:], past_key_values=kv, use_cache=True)
-            logits.append(out.logits)
-    return torch.cat(logits, dim=1).float()
-
-
 @pytest.mark.parametrize("rows", [["alpha", "beta", None, "delta"], ["beta", "eta", "eta"]])
 def test_bf16_mixed_forward_with_kernels_is_as_close_to_fp32_as_batched_matmuls(setup, rows):
     """A bf16 model through prefill and decode with mixed adapters: the kernel path (fp32
@@ -219,9 +209,9 @@ def test_bf16_mixed_forward_with_kernels_is_as_close_to_fp32_as_batched_matmuls(
     slots = {n: pool.acquire(cache.get(n, root / n)) for n in names}
     assert pool._kernels is not None
     ids = torch.randint(0, 49152, (len(rows), 6), generator=torch.Generator().manual_seed(2))
-    with_kernels = _bf16_forward(pool, model, slots, rows, ids)
+    with_kernels = _forward_logits(pool, model, slots, rows, ids)
     pool._kernels = None
-    batched = _bf16_forward(pool, model, slots, rows, ids)
+    batched = _forward_logits(pool, model, slots, rows, ids)
 
     model32 = copy.deepcopy(base).to(torch.bfloat16).float()
     pool32 = SlotPool(model32, 4, 8)
@@ -232,7 +222,7 @@ def test_bf16_mixed_forward_with_kernels_is_as_close_to_fp32_as_batched_matmuls(
             t.copy_(t.bfloat16().float())
     for group in pool32.groups:
         group.region = None
-    exact = _bf16_forward(pool32, model32, slots32, rows, ids)
+    exact = _forward_logits(pool32, model32, slots32, rows, ids)
 
     err_k = (with_kernels - exact).abs().amax(dim=(1, 2))
     err_b = (batched - exact).abs().amax(dim=(1, 2))

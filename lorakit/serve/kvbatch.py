@@ -37,21 +37,13 @@ class SlackLayer(DynamicLayer):
         self._nk = self._nv = 0
         super().__init__(**kwargs)
 
-    @property
-    def keys(self):
-        return None if self._k is None else self._k[..., : self._nk, :]
+    keys = property(lambda self: _view(self._k, self._nk), lambda self, t: self._assign("k", t))
+    values = property(lambda self: _view(self._v, self._nv), lambda self, t: self._assign("v", t))
 
-    @keys.setter
-    def keys(self, t):
-        self._k, self._nk = _with_slack(t)
-
-    @property
-    def values(self):
-        return None if self._v is None else self._v[..., : self._nv, :]
-
-    @values.setter
-    def values(self, t):
-        self._v, self._nv = _with_slack(t)
+    def _assign(self, which: str, t) -> None:
+        buf, n = _with_slack(t)
+        setattr(self, "_" + which, buf)
+        setattr(self, "_n" + which, n)
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -66,6 +58,10 @@ def new_cache() -> DynamicCache:
     cache = DynamicCache()
     cache.layer_class_to_replicate = SlackLayer
     return cache
+
+
+def _view(buf: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if buf is None else buf[..., :n, :]
 
 
 def _with_slack(t: torch.Tensor | None, extra: int = 0) -> tuple[torch.Tensor | None, int]:

@@ -140,8 +140,9 @@ class SlotPool:
         """``result`` plus each row's LoRA term: ``ops.lora_rows`` semantics (tested equal),
         with the per-step work (which slots, which rows are base-only) done once in
         ``activate`` instead of in each of the ~200 layers, and the scaling applied inside the
-        final add. One adapter for the batch: two plain matmuls; several: one gather of each
-        row's factors and two batched matmuls."""
+        final add. One adapter for the batch: two plain matmuls; several: the C++ per-row
+        kernels (bf16, no autograd), else one gather of each row's factors and two batched
+        matmuls."""
         a, b, s = self._buffers[id(layer)]
         r = self._rank
         in_place = not (torch.is_grad_enabled() and (result.requires_grad or x.requires_grad))

@@ -9,7 +9,7 @@ add) is 28 ops per block; a group does it in 2 plus a split:
     W_ext = [W_1; ...; W_m; A_1; ...; A_m]        # [sum(out) + m * r_max, in], the members'
                                                  # base weights are views of its first rows
     y_ext = x @ W_ext.T                           # base outputs and every member's x @ A_j.T
-    y     = y_ext[:, :O] + (h * s) @ B_blk.T      # h = y_ext[:, O:], B_blk block-diagonal
+    y     = y_ext[:, :O] + h @ B_blk.T            # h = y_ext[:, O:]; B_blk block-diagonal, scaled
 
 The A rows and ``B_blk`` hold the adapter of the step's single slot (the "region"); they are
 copied from the slot buffers when that slot changes (once per adapter switch, ~2 ms for an r=16
@@ -50,7 +50,6 @@ class SlotGroup:
             row += w.shape[0]
         self.ext = ext
         self.b_blk = weights[0].new_zeros(self.width, m * rank)
-        self.s_vec = weights[0].new_zeros(m * rank)
         self.region: int | None = None  # slot whose factors the A rows / b_blk hold
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, layer in enumerate(layers):
@@ -65,8 +64,9 @@ class SlotGroup:
             rows = slice(self.width + j * rank, self.width + (j + 1) * rank)
             cols = slice(j * rank, (j + 1) * rank)
             self.ext[rows].copy_(a[slot])
-            self.b_blk[col: col + self.outs[j], cols].copy_(b[slot].t())
-            self.s_vec[cols] = pool.scale_of(layer, slot)
+            # the scaling goes into the copy (one rounding of B * s, as the per-layer path rounds
+            # h * s): the step then needs no element-wise multiply per group
+            self.b_blk[col: col + self.outs[j], cols].copy_(b[slot].t().float() * pool.scale_of(layer, slot))
             col += self.outs[j]
         self.region = slot
 
@@ -91,7 +91,7 @@ class SlotGroup:
                 self.load_region(pool.only)
             y_ext = F.linear(x, self.ext)
             flat = y_ext.reshape(-1, y_ext.shape[-1])
-            h = flat[:, self.width:] * self.s_vec
+            h = flat[:, self.width:]
             if pool.row_mask is not None:  # base-only rows of the batch get no update
                 h = (h.reshape(pool.row_mask.shape[0], -1, h.shape[-1]) * pool.row_mask[:, None, None]).reshape(h.shape)
             y = torch.addmm(flat[:, : self.width], h, self.b_blk.t())

@@ -250,6 +250,6 @@ class SlotPool:
         return sum(k is not None for k in self.key_of)
 
     def nbytes(self) -> int:
-        extra = sum(g.b_blk.nbytes + g.s_vec.nbytes + (g.ext.shape[0] - g.width) * g.ext.shape[1] * g.ext.element_size()
+        extra = sum(g.b_blk.nbytes + (g.ext.shape[0] - g.width) * g.ext.shape[1] * g.ext.element_size()
                     for g in self.groups)
         return extra + sum(t.numel() * t.element_size() for bufs in self._buffers.values() for t in bufs)

@@ -28,12 +28,12 @@ import torch
 from transformers import DynamicCache
 
 from lorakit.serve.cache import HostAdapter
-from lorakit.serve.threads import release_openmp_pool
 from lorakit.serve.kvbatch import BatchKV, new_cache
 from lorakit.serve.metrics import ServerMetrics
 from lorakit.serve.sampling import SamplingParams, make_generator, next_tokens
 from lorakit.serve.slots import SlotPool
 from lorakit.serve.textstream import TextStream
+from lorakit.serve.threads import release_openmp_pool
 
 log = logging.getLogger("lorakit.serve")
 

@@ -11,9 +11,9 @@ Padding keys/values are never attended to (masked), so a row computes what it wo
 alone, up to float summation order.
 
 The layers are ``SlackLayer``s: transformers' ``DynamicLayer`` appends a step with
-``torch.cat``, copying the whole cache of every layer at every decode step (~30 ms of a ~100 ms
-step for 32 rows on the 2-core machine); a slack layer keeps spare columns and writes the new
-column in place.
+``torch.cat``, copying the whole cache of every layer at every decode step (measured: ~5 ms of
+a ~75-80 ms decode step for 32 rows on the 2-core machine); a slack layer keeps spare columns
+and writes the new column in place.
 """
 
 from __future__ import annotations

@@ -62,10 +62,6 @@ def wrap_linear_layers(model: nn.Module) -> dict[str, LoraLayer]:
     return layers
 
 
-def kernels_ok(dtype: torch.dtype, device: torch.device) -> bool:
-    return dtype == torch.bfloat16 and device.type == "cpu"
-
-
 class SlotPool:
     """``n_slots`` adapter slots of rank up to ``max_rank`` on every linear layer of ``model``.
 
@@ -107,7 +103,7 @@ class SlotPool:
         self._only: int | None = None  # the single slot of a one-adapter step
         self.hits = self.misses = 0
         # C++ per-row kernels for bf16 decode steps that mix adapters (serve/kernels.py)
-        self._kernels = kernels.load() if kernels_ok(self._dtype, self.device) else None
+        self._kernels = kernels.load() if self._dtype == torch.bfloat16 and self.device.type == "cpu" else None
         # layers sharing an input run as one matmul with the step's adapter inside (serve/groups.py)
         self.groups = build_groups(self, model, self.layers, self._dtype) if group else []
 

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast setup clean
+.PHONY: demo test test-fast test-all setup clean
 
 setup: $(STAMP)
 
@@ -24,10 +24,13 @@ demo: $(STAMP)
 	$(PY) -m lorakit.demo
 
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not heavy" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

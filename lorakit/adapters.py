@@ -82,11 +82,18 @@ def adapter_per_row(model: nn.Module, names: list[str | None]):
 
 def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool = False) -> None:
     """Fold the given (default: active) adapters into the base weights. Idempotent; with
-    ``safe=True`` a NaN/inf result raises and every layer is left as it was."""
+    ``safe=True`` a NaN/inf result raises and every weight is left bit for bit as it was (each
+    layer's merge is tried and undone exactly first, one layer at a time, so the check costs
+    two extra merges' compute but only one layer's weight copy)."""
     layers = _lora_layers(model)
     if adapter_names is None:
         adapter_names = next((list(m.active_adapters) for m in layers), [])
+    if isinstance(adapter_names, str):
+        adapter_names = [adapter_names]
     _check_names(model, adapter_names)
+    if safe:
+        for m in layers:
+            m.check_merge(adapter_names)
     before = [len(m.merged_adapters) for m in layers]
     try:
         for m in layers:

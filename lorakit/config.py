@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -83,33 +84,15 @@ class LoraConfig:
     peft_type: str = "LORA"
 
     def __post_init__(self) -> None:
-        from lorakit.inits import is_known_init
-
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
         if isinstance(self.exclude_modules, (set, tuple)):
             self.exclude_modules = sorted(self.exclude_modules)
         if isinstance(self.modules_to_save, (set, tuple)):
             self.modules_to_save = list(self.modules_to_save)
-        if isinstance(self.layers_to_transform, int):
+        if _is_int(self.layers_to_transform):
             self.layers_to_transform = [self.layers_to_transform]
-        _check(isinstance(self.r, int) and not isinstance(self.r, bool) and self.r > 0,
-               f"r must be a positive integer, got {self.r!r}")
-        _check(isinstance(self.lora_alpha, (int, float)) and self.lora_alpha > 0,
-               f"lora_alpha must be a positive number, got {self.lora_alpha!r}")
-        _check(0.0 <= float(self.lora_dropout) < 1.0,
-               f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        _check(self.bias in BIAS_MODES, f"bias must be one of {BIAS_MODES}, got {self.bias!r}")
-        _check(is_known_init(self.init_lora_weights),
-               f"unknown init_lora_weights {self.init_lora_weights!r}")
-        _check(self.peft_type == "LORA", f"peft_type must be 'LORA', got {self.peft_type!r}")
-        if isinstance(self.target_modules, str) and self.target_modules != "all-linear":
-            _check_regex("target_modules", self.target_modules)
-        for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
-            for key, value in pattern.items():
-                _check_regex(f"{name} key", key)
-                _check(isinstance(value, (int, float)) and value > 0,
-                       f"{name}[{key!r}] must be a positive number, got {value!r}")
+        _validate(self)
 
     def rank_for(self, module_name: str) -> int:
         return int(_pattern_value(self.rank_pattern, module_name, self.r))
@@ -144,7 +127,10 @@ class LoraConfig:
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["rank_pattern"] = kwargs.get("rank_pattern") or {}
         kwargs["alpha_pattern"] = kwargs.get("alpha_pattern") or {}
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from None
 
     def save(self, directory: str | Path) -> None:
         path = Path(directory) / CONFIG_NAME
@@ -177,17 +163,83 @@ def load_config(directory: str | Path):
 
 def _read_json(directory: str | Path) -> tuple[dict, Path]:
     path = Path(directory) / CONFIG_NAME
+    if Path(directory).is_file():
+        raise ValueError(f"{directory} is a file; an adapter is a directory holding {CONFIG_NAME}")
     if not path.exists():
         raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
     try:
-        return json.loads(path.read_text()), path
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}; an adapter config is a JSON "
+                         "object of settings")
+    return data, path
 
 
 def _switches_on(key: str, value) -> bool:
     # Settings PEFT writes with a truthy default although they change nothing by themselves.
     return key in ("kasa_config", "monteclora_config", "velora_config") and bool(value)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v, allow_str: bool = True) -> bool:
+    if isinstance(v, str):
+        return allow_str and bool(v)
+    return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+def _validate(c: "LoraConfig") -> None:
+    """Every field's type and range; the first violation raises a ValueError naming the field."""
+    from lorakit.inits import is_known_init
+
+    _check(_is_int(c.r) and c.r > 0, f"r must be a positive integer, got {c.r!r}")
+    _check(_is_real(c.lora_alpha) and c.lora_alpha > 0,
+           f"lora_alpha must be a positive number, got {c.lora_alpha!r}")
+    _check(_is_real(c.lora_dropout) and 0.0 <= c.lora_dropout < 1.0,
+           f"lora_dropout must be a number in [0, 1), got {c.lora_dropout!r}")
+    for key in ("target_modules", "exclude_modules"):
+        value = getattr(c, key)
+        _check(value is None or _is_names(value),
+               f"{key} must be a list of module names, a regex string or None, got {value!r}")
+        if isinstance(value, str) and value != "all-linear":
+            _check_regex(key, value)
+    _check(c.layers_to_transform is None or (isinstance(c.layers_to_transform, list) and all(
+        _is_int(i) and i >= 0 for i in c.layers_to_transform) and c.layers_to_transform),
+        f"layers_to_transform must be a layer index or a non-empty list of indices >= 0, "
+        f"got {c.layers_to_transform!r}")
+    _check(c.layers_pattern is None or _is_names(c.layers_pattern),
+           f"layers_pattern must be a name, a list of names or None, got {c.layers_pattern!r}")
+    _check(c.modules_to_save is None or _is_names(c.modules_to_save, allow_str=False),
+           f"modules_to_save must be a list of module names or None, got {c.modules_to_save!r}")
+    _check(c.bias in BIAS_MODES, f"bias must be one of {BIAS_MODES}, got {c.bias!r}")
+    for key in ("lora_bias", "fan_in_fan_out", "use_rslora", "use_dora", "lora_fa", "inference_mode"):
+        _check(isinstance(getattr(c, key), bool), f"{key} must be true or false, got {getattr(c, key)!r}")
+    _check(isinstance(c.init_lora_weights, (bool, str)) and is_known_init(c.init_lora_weights),
+           f"unknown init_lora_weights {c.init_lora_weights!r}")
+    for key in ("task_type", "base_model_name_or_path"):
+        _check(getattr(c, key) is None or isinstance(getattr(c, key), str),
+               f"{key} must be a string or None, got {getattr(c, key)!r}")
+    _check(c.peft_type == "LORA", f"peft_type must be 'LORA', got {c.peft_type!r}")
+    for key, ok_value, what in (("rank_pattern", lambda v: _is_int(v) and v > 0, "a positive integer"),
+                                ("alpha_pattern", lambda v: _is_real(v) and v > 0, "a positive number")):
+        pattern = getattr(c, key)
+        _check(isinstance(pattern, dict), f"{key} must be a mapping of regex -> value, got {pattern!r}")
+        for k, value in pattern.items():
+            _check(isinstance(k, str), f"{key} key {k!r} must be a string (a regex)")
+            _check_regex(f"{key} key", k)
+            _check(ok_value(value), f"{key}[{k!r}] must be {what}, got {value!r}")
 
 
 def _check(ok: bool, message: str) -> None:

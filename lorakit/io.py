@@ -45,15 +45,35 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, nn.
     return out
 
 
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; anything unreadable raises an error that names the file."""
+def read_tensors(path: str | Path, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+    """Load a safetensors file of adapter tensors; anything unreadable raises an error that
+    names the file, and ``check_tensors`` refuses values no adapter holds."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"adapter weights not found: {path}")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as err:  # safetensors raises its own error type for corrupt headers
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    check_tensors(tensors, path, allow_nonfinite)
+    return tensors
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], source, allow_nonfinite: bool = False) -> None:
+    """Refuse, naming ``source`` and the tensor, a dtype that is not floating point (int, bool,
+    complex: no adapter weight is one) and, unless ``allow_nonfinite``, NaN or inf values (they
+    would poison every output they touch). The one check for every reader of adapter files:
+    ``load_adapter``, ``hotswap``, the server's host cache, ``lorakit inspect``."""
+    for key, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            raise ValueError(f"{source}: tensor {key} has dtype {tensor.dtype}; adapter tensors are "
+                             "floating point")
+        if not allow_nonfinite and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{source}: tensor {key} holds {bad} NaN/inf value(s) of {tensor.numel()}; "
+                             "refused (load_adapter(..., allow_nonfinite=True) loads it anyway)")
 
 
 def _weights_path(directory: Path) -> Path:
@@ -94,19 +114,25 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
 
 
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
-                 is_trainable: bool = False, adapter_dtype: torch.dtype | None = None) -> nn.Module:
+                 is_trainable: bool = False, adapter_dtype: torch.dtype | None = None,
+                 allow_nonfinite: bool = False) -> nn.Module:
     """Add the PEFT adapter in ``directory`` to ``model`` as ``name`` (LoRA, or another
     registered ``peft_type`` such as VeRA or AdaLoRA).
 
     Loaded adapters are for inference unless ``is_trainable`` (PEFT's rule). A file that does
     not fit the model (missing, unexpected or mis-shaped tensors) raises an error naming the
-    tensor and both shapes, and the model is left as it was.
+    tensor and both shapes, and the model is left as it was. A tensor that is not floating
+    point is refused, and so is one holding NaN/inf unless ``allow_nonfinite`` (e.g. to
+    inspect a diverged run's adapter).
     """
     directory = Path(directory)
     config = load_config(directory)
     config.inference_mode = not is_trainable
-    tensors = read_tensors(_weights_path(directory))
-    add_adapter(model, config, name, adapter_dtype=adapter_dtype, strict=False, init=False)
+    tensors = read_tensors(_weights_path(directory), allow_nonfinite)
+    try:
+        add_adapter(model, config, name, adapter_dtype=adapter_dtype, strict=False, init=False)
+    except ValueError as err:
+        raise ValueError(f"{directory}: {err}") from None
     try:
         if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
             tensors = config.import_tensors(model, name, tensors)
@@ -151,28 +177,50 @@ def _assign(model: nn.Module, name: str, tensors: dict, source: Path) -> None:
             param.copy_(tensors[key].to(param.dtype))
 
 
-def hotswap(model: nn.Module, directory: str | Path, name: str = "default") -> None:
+def _rank_dim(key: str) -> int | None:
+    """The rank dimension of a stored factor (A: rows, B: columns), None for other tensors."""
+    if ".lora_A." in key or key.endswith(".lora_embedding_A"):
+        return 0
+    if ".lora_B." in key or key.endswith(".lora_B") or key.endswith(".lora_embedding_B"):
+        return 1
+    return None
+
+
+def _check_swap_shape(key: str, new: tuple, old: tuple, source: Path) -> None:
+    """A hot-swapped tensor matches the loaded one except for a rank that may be smaller."""
+    rank = _rank_dim(key)
+    ok = len(new) == len(old) and all(n == o or (i == rank and n <= o)
+                                      for i, (n, o) in enumerate(zip(new, old)))
+    if not ok:
+        grow = " (hot-swap cannot grow a rank)" if len(new) == len(old) and rank is not None \
+            and new[rank] > old[rank] else ""
+        raise ValueError(f"{source}: tensor {key} has shape {new} but the loaded adapter holds {old}"
+                         f"{grow}; only the rank may be smaller")
+
+
+def hotswap(model: nn.Module, directory: str | Path, name: str = "default",
+            allow_nonfinite: bool = False) -> None:
     """Replace adapter ``name``'s weights in place with those in ``directory``.
 
     The new adapter must target the same modules; a smaller rank is zero-padded into the
     existing tensors (exact: padded rows/columns contribute zeros), a larger one is an error.
     No module is replaced, so a compiled or served model keeps running (a changed scaling is a
-    new Python float, which a compiled graph may guard on).
+    new Python float, which a compiled graph may guard on). Tensors are checked as in
+    ``load_adapter``; on any error the adapter is left as it was.
     """
     directory = Path(directory)
     config = LoraConfig.load(directory)
-    tensors = read_tensors(_weights_path(directory))
+    tensors = read_tensors(_weights_path(directory), allow_nonfinite)
     source = directory / WEIGHTS_NAME
     expected = adapter_state_dict(model, name)
     if set(expected) != set(tensors):
         diff = sorted(set(expected) ^ set(tensors))
         raise ValueError(f"{source}: hot-swap needs the same target modules as adapter {name!r}; "
                          f"differing tensors e.g. {diff[:3]}")
+    if any(name in m.merged_adapters for _, m in adapted_modules(model) if isinstance(m, LoraLayer)):
+        raise ValueError(f"adapter {name!r} is merged; unmerge it before hot-swapping its weights")
     for key, param in expected.items():
-        new = tensors[key]
-        if new.dim() != param.dim() or any(n > o for n, o in zip(new.shape, param.shape)):
-            raise ValueError(f"{source}: tensor {key} has shape {tuple(new.shape)}, larger than the "
-                             f"loaded {tuple(param.shape)}; hot-swap cannot grow a rank")
+        _check_swap_shape(key, tuple(tensors[key].shape), tuple(param.shape), source)
     with torch.no_grad():
         for key, param in expected.items():
             new = tensors[key]

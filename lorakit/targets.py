@@ -56,16 +56,33 @@ def _matches(name: str, spec) -> bool:
     return any(name == key or name.endswith("." + key) for key in spec)
 
 
-def _layer_index_ok(name: str, config: LoraConfig) -> bool:
-    if config.layers_to_transform is None:
-        return True
+def _layer_index(name: str, config) -> int | None:
+    """The index of the numbered layer ``name`` sits in (``...layers.3.``), else None."""
     patterns = config.layers_pattern or _LAYER_PATTERNS
     patterns = [patterns] if isinstance(patterns, str) else patterns
     for pattern in patterns:
         m = re.match(rf".*\.{pattern}\.(\d+)\.", name + ".")
         if m:
-            return int(m.group(1)) in config.layers_to_transform
-    return False
+            return int(m.group(1))
+    return None
+
+
+def _filter_layers(chosen: list[str], config) -> list[str]:
+    """``chosen`` restricted to ``layers_to_transform``; an index that no targeted module sits
+    in is an error naming it and the indices that exist."""
+    if config.layers_to_transform is None:
+        return chosen
+    index = {n: _layer_index(n, config) for n in chosen}
+    present = sorted({i for i in index.values() if i is not None})
+    pattern = config.layers_pattern or _LAYER_PATTERNS
+    if not present:
+        raise ValueError(f"layers_to_transform={config.layers_to_transform} is set but no targeted "
+                         f"module sits in a numbered layer matching layers_pattern={pattern!r}")
+    missing = sorted(set(config.layers_to_transform) - set(present))
+    if missing:
+        raise ValueError(f"layers_to_transform: layer(s) {missing} do not exist; the targeted modules "
+                         f"sit in layers {present[0]}..{present[-1]}")
+    return [n for n in chosen if index[n] in config.layers_to_transform]
 
 
 def default_targets(model: nn.Module) -> list[str]:
@@ -84,7 +101,7 @@ def find_targets(model: nn.Module, config: LoraConfig, strict: bool = True) -> l
     ``strict``: every entry of a list ``target_modules`` must match something (loading a
     saved adapter uses ``strict=False``: only an empty overall match is an error).
     """
-    names = {n: m for n, m in model.named_modules() if n and not _is_inside_lora(n)}
+    names = dict(candidate_modules(model))
     skip = set(config.modules_to_save or [])
     spec = config.target_modules
     if spec is None:
@@ -101,7 +118,8 @@ def find_targets(model: nn.Module, config: LoraConfig, strict: bool = True) -> l
                     raise ValueError(f"target module {key!r} matched no module; {suggest(model, key)}")
     if config.exclude_modules:
         chosen = [n for n in chosen if not _matches(n, config.exclude_modules)]
-    chosen = [n for n in chosen if _layer_index_ok(n, config)]
+    if chosen:
+        chosen = _filter_layers(chosen, config)
     if not chosen:
         raise ValueError(f"target_modules={config.target_modules!r} matched no module; "
                          f"{suggest(model, str(spec))}")
@@ -114,16 +132,26 @@ def find_targets(model: nn.Module, config: LoraConfig, strict: bool = True) -> l
     return chosen
 
 
-def _is_inside_lora(name: str) -> bool:
-    # An already-adapted layer's own children (base_layer, lora_A.x) are never targets.
-    parts = name.split(".")
-    return any(part in ("base_layer", "lora_A", "lora_B", "lora_dropout", "modules_to_save",
-                        "original_module") for part in parts[:-1]) or parts[-1] in ("lora_A", "lora_B", "lora_dropout", "modules_to_save")
+def candidate_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every module that may be a target: everything except the root and the
+    modules inside an adapter wrapper (a LoRA layer's ``base_layer`` and factors, a
+    ``modules_to_save`` wrapper's copies). An adapted layer itself stays a candidate, so a
+    second adapter joins it (PEFT's rule) instead of being injected into its ``base_layer``."""
+    from lorakit.layers import LoraLayer, ModulesToSave
+
+    out, wrappers = [], []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(w) for w in wrappers):
+            continue
+        out.append((name, module))
+        if isinstance(module, (LoraLayer, ModulesToSave)):
+            wrappers.append(name + ".")
+    return out
 
 
 def suggest(model: nn.Module, key: str, limit: int = 5) -> str:
     """A hint listing the adaptable module names closest to ``key``."""
-    full = [n for n, m in model.named_modules() if n and adaptable(m) and not _is_inside_lora(n)]
+    full = [n for n, m in candidate_modules(model) if adaptable(m)]
     leaves = sorted({n.rsplit(".", 1)[-1] for n in full})
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], leaves, n=limit, cutoff=0.5)
     if close:

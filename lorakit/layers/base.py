@@ -165,6 +165,21 @@ class LoraLayer(nn.Module):
                 self.variants[name].merge(self, name, safe)
                 self.merged_adapters.append(name)
 
+    @torch.no_grad()
+    def check_merge(self, names: list[str]) -> None:
+        """Merge ``names`` with the NaN/inf check, then restore the base bit for bit: raises
+        as ``merge(safe=True)`` would, and leaves the layer exactly as it was either way.
+        Needs a copy of this layer's base parameters only (``lorakit.merge(safe=True)`` runs
+        it on every layer before it merges any)."""
+        keep = len(self.merged_adapters)
+        saved = [(p, p.detach().clone()) for p in self.base_layer.parameters()]
+        try:
+            self.merge(names, safe=True)
+        finally:
+            self.unmerge(keep)
+            for p, value in saved:
+                p.copy_(value)
+
     def unmerge(self, keep: int = 0) -> None:
         """Unmerge in reverse order of merging until ``keep`` merged adapters remain."""
         while len(self.merged_adapters) > keep:

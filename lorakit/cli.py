@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command name -> module providing add_parser(subparsers)
@@ -46,10 +47,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # User errors (bad config, missing file, unknown name) get one clear line, not a traceback.
-        print(f"lorakit {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as err:
+        # User errors (bad config or flag, unknown name, a path that is missing or cannot be
+        # written) get one clear line, not a traceback. Other exception types are bugs and keep
+        # their traceback; LORAKIT_TRACEBACK=1 shows it for these too.
+        if os.environ.get("LORAKIT_TRACEBACK") == "1":
+            raise
+        print(f"lorakit {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lorakit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    return " ".join(str(text).split())
 
 
 if __name__ == "__main__":

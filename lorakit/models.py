@@ -67,11 +67,14 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
 
 def resolve_model_path(name_or_path: str) -> str:
     """Map an embedded model name to its cached directory; pass other names through."""
+    from lorakit.paths import check_model_dir
+
     if name_or_path in EMBEDDED:
         return str(embedded_model_dir(name_or_path))
+    if Path(name_or_path).exists():  # a local path wins over a hub id (as in transformers)
+        return str(check_model_dir(name_or_path))
     if os.path.sep in name_or_path or name_or_path.startswith("."):
-        if not Path(name_or_path).exists():
-            raise FileNotFoundError(f"model path not found: {name_or_path}")
+        raise FileNotFoundError(f"model path not found: {name_or_path}")
     return name_or_path
 
 

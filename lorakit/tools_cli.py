@@ -24,8 +24,12 @@ def _merge(args) -> int:
     import torch
 
     import lorakit
+    from lorakit.config import load_config
     from lorakit.models import load_model, load_tokenizer
+    from lorakit.paths import check_output_dir
 
+    check_output_dir(args.out, "--out")  # before anything is loaded
+    load_config(args.adapter)
     model = load_model(args.model, dtype=getattr(torch, args.dtype))
     lorakit.load_adapter(model, args.adapter)
     lorakit.merge_and_unload(model, safe=True)

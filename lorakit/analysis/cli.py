@@ -80,8 +80,14 @@ def _finite(value):
 
 
 def run(args) -> int:
+    from lorakit.paths import check_output_dir
+
+    check_output_dir(args.out, "--out")
     _, layers = read_adapter(args.adapter)
     others = read_adapter(args.vs)[1] if args.vs else None
+    if others is not None and not {o.module for o in others} & {layer.module for layer in layers}:
+        raise ValueError(f"--vs {args.vs}: the two adapters share no adapted module, so their "
+                         f"subspaces cannot be compared (e.g. {layers[0].module} vs {others[0].module})")
     weights = None
     if args.base:
         from lorakit.analysis.base import base_weights

@@ -14,6 +14,8 @@ import json
 import math
 from pathlib import Path
 
+from lorakit.argtypes import nonnegative_int, positive_int
+
 _TEXT_KEYS = ("exact_match", "normalized_exact_match", "accuracy", "macro_f1")
 
 
@@ -32,10 +34,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--scorer", action="append", default=[], metavar="MODULE:FUNCTION",
                    help="extra metric fn(prediction, reference) -> number; repeatable; a file.py:fn works too")
     p.add_argument("--label-names", help="seq_cls: comma-separated class names in id order (default: from the data)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="generation stops here or at end of turn")
-    p.add_argument("--max-seq-len", type=int, default=2048, help="longest eval example in tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward / generate call")
-    p.add_argument("--limit", type=int, default=0, help="evaluate the first N examples only (0 = all)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="generation stops here or at end of turn")
+    p.add_argument("--max-seq-len", type=positive_int, default=2048, help="longest eval example in tokens")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward / generate call")
+    p.add_argument("--limit", type=nonnegative_int, default=0, help="evaluate the first N examples only (0 = all)")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                    help="dtype the base model is loaded in (adapter weights stay float32)")
     p.add_argument("--quantize", default="none", choices=["none", "nf4"],
@@ -73,6 +75,11 @@ def run(args) -> int:
     import lorakit
     from lorakit.eval.evaluate import EvalOptions, evaluate
     from lorakit.eval.metrics import load_scorer
+    from lorakit.paths import check_output_file
+
+    check_output_file(args.out, "--out")
+    if args.adapter:
+        lorakit.config.load_config(args.adapter)  # a bad adapter path fails before the model loads
 
     scorers = {}
     for spec in args.scorer:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from lorakit.paths import check_output_dir
 from lorakit.train.data import TokenizedData, load_data, split_eval
 from lorakit.train.schema import TrainConfig, to_yaml
 
@@ -33,6 +34,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         path = getattr(cfg, key)
         if path and not Path(path).exists():
             raise FileNotFoundError(f"{key} not found: {path}")
+    check_output_dir(cfg.output_dir, "output_dir")
 
 
 def check_run_dir(cfg: TrainConfig) -> list[str]:

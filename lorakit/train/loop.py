@@ -90,16 +90,16 @@ def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
     tokenizer = load_tokenizer(cfg.model)
     train_data, eval_data = build.load_training_data(cfg, tokenizer)
     total = _total_steps(cfg, train_data, world)
-    if not resume:
-        taken = build.check_run_dir(cfg)
+    taken = [] if resume else build.check_run_dir(cfg)
+    torch.manual_seed(cfg.seed)
+    n_labels = cfg.num_labels or len(train_data.label_names or [])
+    model = build.build_model(cfg, n_labels, tokenizer.pad_token_id).to(world.device)
+    if not resume:  # only once the model and adapter are built: a bad setting leaves no files
         distributed.barrier(world)  # every process has checked before rank 0 changes anything
         if world.is_main:
             build.prepare_run_dir(cfg, taken)
         distributed.barrier(world)
     run_dir = Path(cfg.output_dir)
-    torch.manual_seed(cfg.seed)
-    n_labels = cfg.num_labels or len(train_data.label_names or [])
-    model = build.build_model(cfg, n_labels, tokenizer.pad_token_id).to(world.device)
     model.train()
     torch.manual_seed(cfg.seed + world.rank)  # per-process dropout streams
     fast = enable_fast_training(model) if cfg.fast and not cfg.full and world.size == 1 else None

@@ -14,12 +14,16 @@ from lorakit.layers import LoraLayer, RowAdapters
 def _check_names(model: nn.Module, names: list[str]) -> None:
     configs = adapter_configs(model)
     for name in names:
+        if not isinstance(name, str):
+            raise TypeError(f"adapter names are strings, got {name!r}")
         if name not in configs:
             raise KeyError(f"no adapter {name!r}; adapters: {list(configs)}")
 
 
 def set_adapter(model: nn.Module, names: str | list[str]) -> None:
     """Make ``names`` (one name or a list, all summed) the active adapters, and trainable."""
+    if not isinstance(names, (str, list, tuple)):
+        raise TypeError(f"set_adapter takes an adapter name or a list of names, got {names!r}")
     names = [names] if isinstance(names, str) else list(names)
     _check_names(model, names)
     for _, module in adapted_modules(model):
@@ -90,6 +94,8 @@ def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool =
         adapter_names = next((list(m.active_adapters) for m in layers), [])
     if isinstance(adapter_names, str):
         adapter_names = [adapter_names]
+    if not isinstance(adapter_names, (list, tuple)):
+        raise TypeError(f"adapter_names must be a list of adapter names, got {adapter_names!r}")
     _check_names(model, adapter_names)
     if safe:
         for m in layers:

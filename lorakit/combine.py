@@ -19,6 +19,7 @@ adds cross terms ``B_i @ A_j`` (see docs/variants.md); lorakit never combines fa
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -58,7 +59,7 @@ def combine(model: nn.Module, adapters: list[str], weights: list[float] | None =
     required by the pruning methods; ``seed`` makes DARE's random masks reproducible. The new
     adapter is added inactive (``set_adapter`` to use it); the inputs are left unchanged.
     """
-    configs = _check(model, adapters, weights, method, name, density, rank)
+    configs = _check(model, adapters, weights, method, name, density, rank, majority_sign_method)
     weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
     layers = [(n, m) for n, m in adapted_modules(model)
               if isinstance(m, LoraLayer) and any(a in m.r for a in adapters)]
@@ -86,12 +87,16 @@ def combine(model: nn.Module, adapters: list[str], weights: list[float] | None =
     return report
 
 
-def _check(model, adapters, weights, method, name, density, rank) -> dict[str, LoraConfig]:
+def _check(model, adapters, weights, method, name, density, rank, majority_sign_method) -> dict[str, LoraConfig]:
     configs = adapter_configs(model)
     if method not in METHODS:
         raise ValueError(f"unknown combine method {method!r}; known: {list(METHODS)}")
+    if isinstance(adapters, str) or not isinstance(adapters, (list, tuple)):
+        raise ValueError(f"adapters must be a list of adapter names, got {adapters!r}")
     if not adapters:
         raise ValueError("combine needs at least one adapter")
+    if len(set(adapters)) != len(adapters):
+        raise ValueError(f"adapters {list(adapters)} name an adapter twice; give it one weight instead")
     for a in adapters:
         if a not in configs:
             raise KeyError(f"no adapter {a!r}; adapters: {list(configs)}")
@@ -100,12 +105,18 @@ def _check(model, adapters, weights, method, name, density, rank) -> dict[str, L
                              "or lora_bias")
     if weights is not None and len(weights) != len(adapters):
         raise ValueError(f"{len(weights)} weights for {len(adapters)} adapters")
-    if name in configs or not _NAME.match(name):
+    for w in weights or []:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"weights must be finite numbers, got {w!r}")
+    if majority_sign_method not in ("total", "frequency"):
+        raise ValueError(f"majority_sign_method must be 'total' or 'frequency', got {majority_sign_method!r}")
+    if not isinstance(name, str) or name in configs or not _NAME.match(name):
         raise ValueError(f"adapter name {name!r} is taken or not letters, digits, '_', '-'")
     needs_density = method in RULES and RULES[method][1]
-    if needs_density and (density is None or not 0.0 < density <= 1.0):
+    if needs_density and (not isinstance(density, (int, float)) or isinstance(density, bool)
+                          or not 0.0 < density <= 1.0):
         raise ValueError(f"method {method!r} needs density in (0, 1], got {density!r}")
-    if rank is not None and (method == "cat" or rank < 1):
+    if rank is not None and (method == "cat" or isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise ValueError(f"rank={rank!r}: cat keeps every factor; other methods need rank >= 1")
     for _, m in adapted_modules(model):
         merged = [a for a in getattr(m, "merged_adapters", []) if a in adapters]

@@ -20,6 +20,13 @@ from lorakit.targets import find_targets
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
+def check_name(name) -> str:
+    """An adapter name: 1+ letters, digits, '_' or '-' (it becomes a ModuleDict key)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"adapter name {name!r} must be letters, digits, '_' or '-'")
+    return name
+
+
 def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
     """The adapters added to ``model`` (name -> config), in the order they were added."""
     if not hasattr(model, "_lorakit_configs"):
@@ -67,9 +74,16 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
     On any error the model is left as it was. ``strict=False`` (used when loading a saved
     adapter) only requires that something matched; ``init=False`` skips weight init.
     """
+    from lorakit.config import ADAPTER_TYPES
+
     configs = adapter_configs(model)
-    if not _NAME.match(name):
-        raise ValueError(f"adapter name {name!r} must be letters, digits, '_' or '-'")
+    if type(config) not in ADAPTER_TYPES.values():
+        raise TypeError(f"config must be a LoraConfig (or another registered adapter config: "
+                        f"{sorted(c.__name__ for c in ADAPTER_TYPES.values())}), got {type(config).__name__}")
+    check_name(name)
+    if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype)
+                                          and adapter_dtype.is_floating_point):
+        raise ValueError(f"adapter_dtype must be a floating-point torch.dtype, got {adapter_dtype!r}")
     if name in configs:
         raise ValueError(f"adapter {name!r} already exists; existing adapters: {list(configs)}")
     others = {c.peft_type for c in configs.values()} - {config.peft_type}
@@ -124,6 +138,10 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     configs = adapter_configs(model)
     if name not in configs:
         raise KeyError(f"no adapter {name!r}; adapters: {list(configs)}")
+    merged = [n for n, m in adapted_modules(model) if name in getattr(m, "merged_adapters", ())]
+    if merged:
+        raise ValueError(f"adapter {name!r} is merged into {merged[0]} (and {len(merged) - 1} more "
+                         "layers); unmerge it before deleting it")
     _remove_everywhere(model, name)
     del configs[name]
     update_trainable(model)

@@ -19,6 +19,7 @@ from torch import nn
 from lorakit.config import LoraConfig, load_config
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
+from lorakit.paths import check_output_dir
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -100,6 +101,7 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         raise KeyError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
     if isinstance(config, LoraConfig):
         _check_ranks(model, name, config)
+    check_output_dir(directory, "adapter directory")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: p.detach().cpu().contiguous().clone() for k, p in adapter_state_dict(model, name).items()}
     if hasattr(config, "export_tensors"):  # other adapter types: shared or pruned tensors

@@ -62,6 +62,9 @@ def adapter_per_row(model: nn.Module, names: list[str | None]):
     stacked, rank-padded factors of the adapters present (``ops.lora_rows``). Inference only:
     dropout is not applied. Adapters must be unmerged.
     """
+    if not isinstance(names, (list, tuple)):
+        raise TypeError(f"adapter_per_row takes a list of adapter names (None: base), one per row, "
+                        f"got {names!r}")
     _check_names(model, [n for n in names if n is not None])
     layers = _lora_layers(model)
     if any(layer.merged_adapters for layer in layers):

@@ -81,6 +81,7 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
         raise TypeError(f"config must be a LoraConfig (or another registered adapter config: "
                         f"{sorted(c.__name__ for c in ADAPTER_TYPES.values())}), got {type(config).__name__}")
     check_name(name)
+    config.__post_init__()  # validated again: a config may have been changed since construction
     if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype)
                                           and adapter_dtype.is_floating_point):
         raise ValueError(f"adapter_dtype must be a floating-point torch.dtype, got {adapter_dtype!r}")

@@ -256,6 +256,13 @@ def _cfg(**kw):
     return lorakit.LoraConfig(**{"target_modules": ["q_proj"], **kw})
 
 
+def _mutated(**changes):
+    cfg = _cfg()
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
 def _nan_b(model):
     with torch.no_grad():
         model.model.layers[1].self_attn.v_proj.lora_B["a"].weight[0, 0] = float("nan")
@@ -300,6 +307,10 @@ CALLS = {
                                     ValueError, r"modules_to_save entry 'nohead' matched no module"),
     "add-vera-beside-lora": (None, lambda c: lorakit.add_adapter(c.m, lorakit.VeraConfig(r=4, target_modules=["q_proj"]),
                                                                  name="n"), ValueError, r"holds \['LORA'\] adapters"),
+    "add-config-mutated": (None, lambda c: lorakit.add_adapter(c.m, _mutated(r=0), name="n"), ValueError,
+                           r"LoraConfig: r must be a positive integer, got 0"),
+    "add-config-mutated-dropout": (None, lambda c: lorakit.add_adapter(c.m, _mutated(lora_dropout="x"), name="n"),
+                                   ValueError, r"lora_dropout must be a number"),
     # set_adapter / delete_adapter
     "set-unknown": (None, lambda c: lorakit.set_adapter(c.m, "zz"), KeyError, r"no adapter 'zz'; adapters: \['a', 'b'\]"),
     "set-unknown-in-list": (None, lambda c: lorakit.set_adapter(c.m, ["a", "zz"]), KeyError, r"no adapter 'zz'"),
@@ -324,6 +335,7 @@ CALLS = {
                        r"adapter directory .*afile is a regular file"),
     # mixed batches
     "rows-unknown": (None, lambda c: c.rows(["a", "zz"]), KeyError, r"no adapter 'zz'"),
+    "rows-str": (None, lambda c: c.rows("ab"), TypeError, r"list of adapter names .*got 'ab'"),
     "rows-count": (None, lambda c: c.run_rows(["a", None]), ValueError, r"4 rows but 2 adapters"),
     "rows-merged": (_merged, lambda c: c.rows(["a"]), ValueError, r"needs unmerged adapters"),
     # combine

@@ -45,7 +45,10 @@ def describe_layer(layer: AdapterLayer, weight: torch.Tensor | None = None) -> d
            "rank": numerical_rank(s), "entropy_rank": entropy_effective_rank(s),
            "energy_rank_90": energy_rank(s, 0.9)}
     if weight is not None:
-        amp = amplification(weight, u, s, v)
+        try:
+            amp = amplification(weight, u, s, v)
+        except ValueError as err:
+            raise ValueError(f"{layer.module}: {err}") from None
         random_norm = random_projection_norm(weight, layer.r)
         row.update(weight_norm=amp.weight_norm, projection_norm=amp.projection_norm,
                    amplification=amp.factor, random_projection_norm=random_norm,

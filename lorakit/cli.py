@@ -23,7 +23,9 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA fine-tuning toolkit")
+    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA fine-tuning toolkit",
+                                     epilog="Bad input ends in one line 'lorakit COMMAND: error: ...' "
+                                            "and exit code 2; LORAKIT_TRACEBACK=1 shows the traceback.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered = set()
     for name, module_name in COMMANDS.items():

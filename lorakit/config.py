@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import re
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,44 @@ def _is_names(v, allow_str: bool = True) -> bool:
     if isinstance(v, str):
         return allow_str and bool(v)
     return isinstance(v, list) and all(isinstance(x, str) and x for x in v)
+
+
+def check_field_types(config) -> None:
+    """Every dataclass field of ``config`` fits its annotation, else a ValueError naming the
+    class and field (``int`` excludes ``bool``; ``float`` takes any finite real number). A
+    tuple or set given for a list field is turned into a list first. For the adapter types
+    beside LoRA, which add their range checks after it."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if isinstance(value, (tuple, set, frozenset)):
+            value = sorted(value) if isinstance(value, (set, frozenset)) else list(value)
+            setattr(config, f.name, value)
+        if not _fits(value, hint):
+            raise ValueError(f"{type(config).__name__}: {f.name} must be {_describe(hint)}, got {value!r}")
+
+
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        return any(_fits(value, a) for a in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if hint is float:
+        return _is_real(value)
+    if hint is int:
+        return _is_int(value)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, origin or hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Union:
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 def _validate(c: "LoraConfig") -> None:

@@ -149,6 +149,26 @@ def test_lora_config_names_the_field(field, value):
         lorakit.LoraConfig(**{"target_modules": ["q_proj"], field: value})
 
 
+OTHER_TYPES = [
+    (lorakit.VeraConfig, "r", 0), (lorakit.VeraConfig, "r", "8"), (lorakit.VeraConfig, "vera_dropout", "abc"),
+    (lorakit.VeraConfig, "vera_dropout", None), (lorakit.VeraConfig, "vera_dropout", 1.0),
+    (lorakit.VeraConfig, "d_initial", "x"), (lorakit.VeraConfig, "target_modules", 3),
+    (lorakit.VeraConfig, "bias", "vera_only"), (lorakit.VeraConfig, "save_projection", "yes"),
+    (lorakit.AdaLoraConfig, "init_r", "a"), (lorakit.AdaLoraConfig, "beta1", float("nan")),
+    (lorakit.AdaLoraConfig, "total_step", None), (lorakit.AdaLoraConfig, "lora_dropout", "abc"),
+    (lorakit.AdaLoraConfig, "tinit", 2.5), (lorakit.AdaLoraConfig, "target_modules", 3),
+    (lorakit.AdaLoraConfig, "target_r", 0),
+]
+
+
+@pytest.mark.parametrize("cls, field, value", OTHER_TYPES,
+                         ids=[f"{c.__name__}-{f}={v!r}" for c, f, v in OTHER_TYPES])
+def test_other_adapter_configs_name_the_field(cls, field, value):
+    base = {"target_modules": ["q_proj"]} | ({"total_step": 10} if cls is lorakit.AdaLoraConfig else {})
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: .*\b{field}\b"):
+        cls(**{**base, field: value})
+
+
 def test_lora_config_unknown_key_named():
     with pytest.raises(TypeError, match="'lora_rank'"):
         lorakit.LoraConfig(lora_rank=8)

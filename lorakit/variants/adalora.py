@@ -20,7 +20,7 @@ from typing import ClassVar, Union
 import torch
 from torch import nn
 
-from lorakit.config import register_adapter_type
+from lorakit.config import check_field_types, register_adapter_type
 from lorakit.io import PREFIX
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.linear import linear_shape
@@ -72,8 +72,9 @@ class AdaLoraConfig:
     _REFUSED: ClassVar = ("use_dora", "loftq_config", "lora_bias", "use_qalora", "layer_replication")
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers_to_transform, int):
+        if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
             self.layers_to_transform = [self.layers_to_transform]
+        check_field_types(self)
         ok = self.total_step is not None and self.total_step > 0
         pc.check(ok, "AdaLoraConfig", f"total_step must be a positive integer, got {self.total_step!r}")
         pc.check(self.tinit < self.total_step - self.tfinal, "AdaLoraConfig",

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.config import register_adapter_type
+from lorakit.config import check_field_types, register_adapter_type
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.linear import linear_shape
 from lorakit.targets import is_linear_like
@@ -58,8 +58,9 @@ class VeraConfig:
     lora_fa: ClassVar = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers_to_transform, int):
+        if isinstance(self.layers_to_transform, int) and not isinstance(self.layers_to_transform, bool):
             self.layers_to_transform = [self.layers_to_transform]
+        check_field_types(self)
         pc.check(isinstance(self.r, int) and self.r > 0, "VeraConfig", f"r must be a positive integer, got {self.r!r}")
         pc.check(self.bias in ("none", "all"), "VeraConfig",
                  f"bias must be 'none' or 'all' ('vera_only' is not supported), got {self.bias!r}")

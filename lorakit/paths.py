@@ -20,6 +20,12 @@ def _nearest_existing(path: Path) -> Path:
     return Path(".")
 
 
+def _not_empty(path, what: str) -> None:
+    # Path("") is the current directory: an empty setting would write there unannounced.
+    if isinstance(path, str) and not path.strip():
+        raise ValueError(f"{what} is empty")
+
+
 def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
     """``path`` is a directory this process can create files in, or can be created.
 
@@ -27,6 +33,7 @@ def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
     and a probe file is created in it and removed again, so read-only file systems and missing
     permissions are found even where ``os.access`` says yes (root). Creates nothing.
     """
+    _not_empty(path, what)
     path = Path(path)
     existing = _nearest_existing(path)
     if not existing.is_dir():
@@ -45,6 +52,7 @@ def check_output_dir(path: str | Path, what: str = "output directory") -> Path:
 
 def check_output_file(path: str | Path, what: str = "output file") -> Path:
     """``path`` can be written as a file: not an existing directory, its directory writable."""
+    _not_empty(path, what)
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a directory")

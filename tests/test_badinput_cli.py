@@ -63,6 +63,7 @@ def root(tmp_path_factory):
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2))
     other.save_pretrained(r / "other")
     tok.save_pretrained(r / "other")
+    (r / "syntax.py").write_text("def fn(p, r):\n    return (\n")
     (r / "empty").mkdir()
     (r / "afile").write_text("a regular file")
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
@@ -109,6 +110,7 @@ CASES = {
                               r"adapter_garbage/adapter_model.safetensors: not a readable safetensors file"),
     "merge-model-mismatch": (["merge", "--model", "{R}/other", "--adapter", "{R}/adapter", "--out", "{T}/m"],
                              rf"tensor {Q0}.lora_A.weight has shape \(4, 64\) but the model expects \(4, 32\)"),
+    "merge-out-empty": (["merge", *M, "--adapter", "{R}/adapter", "--out", ""], r"--out is empty"),
     "merge-dtype": (["merge", *M, "--adapter", "{R}/adapter", "--out", "{T}/m", "--dtype", "int8"],
                     r"argument --dtype: invalid choice: 'int8'"),
     "merge-no-adapter": (["merge", *M, "--out", "{T}/m"], r"the following arguments are required: --adapter"),
@@ -126,6 +128,7 @@ CASES = {
     "inspect-out-regular-file": (["inspect", "{R}/adapter", "--out", "{R}/afile"], r"--out .*afile is a regular file"),
     "inspect-out-below-file": (["inspect", "{R}/adapter", "--out", "{R}/afile/x"], r"--out .*afile/x cannot be created"),
     "inspect-out-unwritable": (["inspect", "{R}/adapter", "--out", UNWRITABLE], r"--out /sys/lorakit-badinput is not writable"),
+    "inspect-out-empty": (["inspect", "{R}/adapter", "--out", " "], r"--out is empty"),
     "inspect-subject": (["inspect", "{R}/adapter", "--subject", "B", "--out", "{T}/i"],
                         r"argument --subject: invalid choice: 'B'"),
     "inspect-missing": (["inspect", "{R}/nothing", "--out", "{T}/i"], r"no adapter_config.json in .*nothing"),
@@ -162,6 +165,15 @@ CASES = {
                           "--out", "{T}/e.json"], r"tensor .*lora_A.weight holds 1 NaN/inf"),
     "eval-adapter-missing": (["eval", *M, "--data", "{R}/data.jsonl", "--adapter", "{R}/nothing", "--out", "{T}/e.json"],
                              r"no adapter_config.json in .*nothing"),
+    "eval-out-empty": (["eval", *M, "--data", "{R}/data.jsonl", "--out", ""], r"--out is empty"),
+    "eval-scorer-no-module": (["eval", *M, "--data", "{R}/data.jsonl", "--scorer", "nosuchmod:fn", "--out", "{T}/e.json"],
+                              r"scorer 'nosuchmod:fn': cannot import 'nosuchmod'"),
+    "eval-scorer-syntax": (["eval", *M, "--data", "{R}/data.jsonl", "--scorer", "{R}/syntax.py:fn", "--out", "{T}/e.json"],
+                           r"scorer file .*syntax.py:2: '\(' was never closed"),
+    "eval-scorer-no-function": (["eval", *M, "--data", "{R}/data.jsonl", "--scorer", "{R}/syntax.py:other",
+                                 "--out", "{T}/e.json"], r"scorer file .*syntax.py:2"),
+    "eval-scorer-format": (["eval", *M, "--data", "{R}/data.jsonl", "--scorer", "noColon", "--out", "{T}/e.json"],
+                           r"scorer 'noColon' must look like 'module:function'"),
     "eval-task": (["eval", *M, "--data", "{R}/data.jsonl", "--task", "qa", "--out", "{T}/e.json"],
                   r"argument --task: invalid choice: 'qa'"),
     # lorakit train
@@ -223,12 +235,13 @@ def test_cli_bad_input(case, root, tmp_path, capsys):
         pytest.skip("needs Linux /sys as a path no process can write")
     out = tmp_path / "out"
     out.mkdir()
-    inputs, outputs = badinput.tree(root), badinput.tree(out)
+    inputs, outputs, cwd = badinput.tree(root), badinput.tree(out), sorted(os.listdir())
     argv = _argv(case, root, out)
     assert _run(argv) == 2
     _check_stderr(capsys.readouterr().err, argv, CASES[case][1])
     assert badinput.tree(out) == outputs, "a refused command wrote output"
     assert badinput.tree(root) == inputs, "a refused command changed its inputs"
+    assert sorted(os.listdir()) == cwd, "a refused command wrote into the current directory"
     assert not os.path.exists(UNWRITABLE)
 
 

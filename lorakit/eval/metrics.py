@@ -88,9 +88,15 @@ def load_scorer(spec: str) -> Scorer:
             raise FileNotFoundError(f"scorer file not found: {path}")
         module_spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except SyntaxError as err:
+            raise ValueError(f"scorer file {path}:{err.lineno}: {err.msg}") from None
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise ValueError(f"scorer {spec!r}: cannot import {target!r} ({err})") from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"scorer {spec!r}: {target} has no function {attr!r}")

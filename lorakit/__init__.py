@@ -18,6 +18,7 @@ from lorakit.adapters import (
 )
 from lorakit.combine import CombineReport, combine
 from lorakit.config import LoraConfig
+from lorakit.errors import NotFoundError
 from lorakit.inject import (
     active_adapters,
     adapter_configs,
@@ -42,6 +43,7 @@ __all__ = [
     "AdaLoraController",
     "CombineReport",
     "LoraConfig",
+    "NotFoundError",
     "VeraConfig",
     "active_adapters",
     "adapter_configs",

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from lorakit.errors import NotFoundError
 from lorakit.inject import adapted_modules, adapter_configs, update_trainable
 from lorakit.layers import LoraLayer, RowAdapters
 
@@ -17,7 +18,7 @@ def _check_names(model: nn.Module, names: list[str]) -> None:
         if not isinstance(name, str):
             raise TypeError(f"adapter names are strings, got {name!r}")
         if name not in configs:
-            raise KeyError(f"no adapter {name!r}; adapters: {list(configs)}")
+            raise NotFoundError(f"no adapter {name!r}; adapters: {list(configs)}")
 
 
 def set_adapter(model: nn.Module, names: str | list[str]) -> None:

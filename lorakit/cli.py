@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+from lorakit.errors import NotFoundError
+
 # command name -> module providing add_parser(subparsers)
 COMMANDS = {
     "train": "lorakit.train.cli",
@@ -49,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, OSError) as err:
+    except (ValueError, NotFoundError, OSError) as err:
         # User errors (bad config or flag, unknown name, a path that is missing or cannot be
-        # written) get one clear line, not a traceback. Other exception types are bugs and keep
-        # their traceback; LORAKIT_TRACEBACK=1 shows it for these too.
+        # written) get one clear line, not a traceback. Other exceptions (a bare KeyError
+        # included) are bugs and keep their traceback; LORAKIT_TRACEBACK=1 shows it for user
+        # errors too.
         if os.environ.get("LORAKIT_TRACEBACK") == "1":
             raise
         print(f"lorakit {args.command}: error: {_one_line(err)}", file=sys.stderr)
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    text = err.args[0] if isinstance(err, KeyError) and len(err.args) == 1 else err
+    text = err
     if isinstance(err, OSError) and err.filename and err.strerror:
         text = f"{err.filename}: {err.strerror}"
     return " ".join(str(text).split())

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lorakit.config import LoraConfig
+from lorakit.errors import NotFoundError
 from lorakit.inject import adapted_modules, adapter_configs, add_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer
 from lorakit.arithmetic import RULES, factored_svd, svd_factor
@@ -99,7 +100,7 @@ def _check(model, adapters, weights, method, name, density, rank, majority_sign_
         raise ValueError(f"adapters {list(adapters)} name an adapter twice; give it one weight instead")
     for a in adapters:
         if a not in configs:
-            raise KeyError(f"no adapter {a!r}; adapters: {list(configs)}")
+            raise NotFoundError(f"no adapter {a!r}; adapters: {list(configs)}")
         if configs[a].peft_type != "LORA" or configs[a].modules_to_save or configs[a].lora_bias:
             raise ValueError(f"adapter {a!r}: combine takes LoRA adapters without modules_to_save "
                              "or lora_bias")

@@ -34,6 +34,7 @@ from torch import nn
 
 from safetensors.torch import save_file
 
+from lorakit.errors import NotFoundError
 from lorakit.inits import register_init
 from lorakit.inject import adapter_configs
 from lorakit.io import WEIGHTS_NAME, adapter_state_dict, read_tensors
@@ -211,7 +212,7 @@ def save_converted_adapter(model: nn.Module, directory: str | Path, initial, nam
     """
     config = adapter_configs(model).get(name)
     if config is None:
-        raise KeyError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
+        raise NotFoundError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
     init = str(config.init_lora_weights)
     if not init.startswith(_CONVERTIBLE):
         raise ValueError(f"adapter {name!r} has init_lora_weights={config.init_lora_weights!r}; "

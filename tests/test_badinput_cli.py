@@ -286,3 +286,12 @@ def test_traceback_on_request(root, tmp_path, monkeypatch):
     monkeypatch.setenv("LORAKIT_TRACEBACK", "1")
     with pytest.raises(ValueError, match="is a regular file"):
         main(_argv("merge-out-regular-file", root, tmp_path))
+
+
+def test_a_bare_key_error_is_a_bug_and_keeps_its_traceback(root, tmp_path, monkeypatch):
+    """Only lorakit's own NotFoundError is a user error; a KeyError from a bug is not hidden."""
+    import lorakit.analysis.cli as inspect_cli
+
+    monkeypatch.setattr(inspect_cli, "read_adapter", lambda path: {}["bug"])
+    with pytest.raises(KeyError, match="bug"):
+        main(["inspect", str(root / "adapter"), "--out", str(tmp_path / "i")])

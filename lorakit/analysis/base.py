@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lorakit.errors import NotFoundError
+
 
 def oriented_weight(module: nn.Module, name: str = "") -> torch.Tensor:
     """A module's weight as a map from inputs to outputs, ``[out, in]`` (detached, float64).
@@ -28,6 +30,6 @@ def base_weights(model: nn.Module, modules: list[str]) -> dict[str, torch.Tensor
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise KeyError(f"the base model has no module {name!r} (adapter for another model?)") from None
+            raise NotFoundError(f"the base model has no module {name!r} (adapter for another model?)") from None
         out[name] = oriented_weight(module, name)
     return out

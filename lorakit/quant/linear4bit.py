@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lorakit.errors import NotFoundError
 from lorakit.quant.nf4 import QuantState, nf4_dequantize, nf4_quantize, zeros_state
 from lorakit.quant.state import JSON_KEY, quant_state_from_dict, quant_state_to_dict
 
@@ -160,7 +161,7 @@ class Linear4bit(nn.Module):
         head = weight_key + "."
         entries = {k[len(head) :]: v for k, v in state_dict.items() if k.startswith(head)}
         if not entries:
-            raise KeyError(f"missing quant-state key {head + JSON_KEY!r}")
+            raise NotFoundError(f"missing quant-state key {head + JSON_KEY!r}")
         state = quant_state_from_dict(entries, head)
         if state.shape != (self.out_features, self.in_features):
             raise ValueError(

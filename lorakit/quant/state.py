@@ -18,6 +18,7 @@ import json
 
 import torch
 
+from lorakit.errors import NotFoundError
 from lorakit.quant.nf4 import BLOCKSIZES, FLOAT_DTYPES, QuantState, nf4_code
 
 JSON_KEY = "quant_state.bitsandbytes__nf4"
@@ -55,7 +56,7 @@ def _dtype(name: str, key: str) -> torch.dtype:
 
 def _tensor(entries: dict[str, torch.Tensor], name: str, prefix: str) -> torch.Tensor:
     if name not in entries:
-        raise KeyError(f"missing quant-state key {prefix + name!r}")
+        raise NotFoundError(f"missing quant-state key {prefix + name!r}")
     return entries[name]
 
 
@@ -90,7 +91,7 @@ def _read_json(entries: dict[str, torch.Tensor], prefix: str) -> dict:
         required += NESTED_JSON_FIELDS
     for field in required:
         if field not in meta:
-            raise KeyError(f"{key!r} lacks the field {field!r}")
+            raise NotFoundError(f"{key!r} lacks the field {field!r}")
     _expect(meta["quant_type"] == "nf4", key, "quant_type 'nf4'", meta["quant_type"])
     _expect(meta["blocksize"] in BLOCKSIZES, key, f"blocksize in {BLOCKSIZES}", meta["blocksize"])
     if nested:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.config import check_field_types, register_adapter_type
+from lorakit.errors import NotFoundError
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.linear import linear_shape
 from lorakit.targets import is_linear_like
@@ -141,7 +142,7 @@ def _projections(model: nn.Module, name: str) -> VeraProjections:
     for module in model.modules():
         if isinstance(module, VeraLinear) and name in module.vera_projection:
             return module.vera_projection[name]
-    raise KeyError(f"no VeRA adapter {name!r} in the model")
+    raise NotFoundError(f"no VeRA adapter {name!r} in the model")
 
 
 class VeraLinear(LoraLayer):

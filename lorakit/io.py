@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorakit.config import LoraConfig, load_config
+from lorakit.config import CONFIG_NAME, LoraConfig, load_config
 from lorakit.errors import NotFoundError
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
@@ -103,6 +103,9 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     if isinstance(config, LoraConfig):
         _check_ranks(model, name, config)
     check_output_dir(directory, "adapter directory")
+    for file_name in (WEIGHTS_NAME, CONFIG_NAME):
+        if (directory / file_name).is_dir():
+            raise ValueError(f"{directory / file_name} is a directory; cannot write the adapter there")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: p.detach().cpu().contiguous().clone() for k, p in adapter_state_dict(model, name).items()}
     if hasattr(config, "export_tensors"):  # other adapter types: shared or pruned tensors
@@ -110,8 +113,11 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
     tmp = directory / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / WEIGHTS_NAME)
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.replace(directory / WEIGHTS_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no temp file behind
     config.save(directory)
     return directory
 

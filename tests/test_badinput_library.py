@@ -353,6 +353,8 @@ CALLS = {
                         r"adapter directory .*afile/out cannot be created \(below .*afile, which is a regular file\)"),
     "save-onto-file": (None, lambda c: lorakit.save_adapter(c.m, c.tmp / "afile", name="a"), ValueError,
                        r"adapter directory .*afile is a regular file"),
+    "save-weights-path-is-dir": (None, lambda c: lorakit.save_adapter(c.m, c.tmp / "blocked", name="a"), ValueError,
+                                 rf"blocked/{WEIGHTS} is a directory; cannot write the adapter there"),
     # mixed batches
     "rows-unknown": (None, lambda c: c.rows(["a", "zz"]), KeyError, r"no adapter 'zz'"),
     "rows-str": (None, lambda c: c.rows("ab"), TypeError, r"list of adapter names .*got 'ab'"),
@@ -420,6 +422,7 @@ class Ctx:
 def test_bad_call_refused(case, model, good, tmp_path):
     prepare, call, exc, match = CALLS[case]
     (tmp_path / "afile").write_text("a regular file")
+    (tmp_path / "blocked" / WEIGHTS).mkdir(parents=True)  # a directory where the weights file goes
     if prepare:
         prepare(model)
     _refused(model, tmp_path, lambda: call(Ctx(model, tmp_path, good)), exc, match)

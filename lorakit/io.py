@@ -24,6 +24,7 @@ from lorakit.paths import check_output_dir
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
+_NONFINITE_HINT = "lorakit.load_adapter(..., allow_nonfinite=True) loads it anyway"
 
 
 def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, nn.Parameter]:
@@ -47,9 +48,10 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, nn.
     return out
 
 
-def read_tensors(path: str | Path, allow_nonfinite: bool = False) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | Path, allow_nonfinite: bool = False, hint: str = "") -> dict[str, torch.Tensor]:
     """Load a safetensors file of adapter tensors; anything unreadable raises an error that
-    names the file, and ``check_tensors`` refuses values no adapter holds."""
+    names the file, and ``check_tensors`` refuses values no adapter holds (``hint`` ends its
+    message)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"adapter weights not found: {path}")
@@ -59,11 +61,12 @@ def read_tensors(path: str | Path, allow_nonfinite: bool = False) -> dict[str, t
         tensors = load_file(str(path))
     except Exception as err:  # safetensors raises its own error type for corrupt headers
         raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    check_tensors(tensors, path, allow_nonfinite)
+    check_tensors(tensors, path, allow_nonfinite, hint)
     return tensors
 
 
-def check_tensors(tensors: dict[str, torch.Tensor], source, allow_nonfinite: bool = False) -> None:
+def check_tensors(tensors: dict[str, torch.Tensor], source, allow_nonfinite: bool = False,
+                  hint: str = "") -> None:
     """Refuse, naming ``source`` and the tensor, a dtype that is not floating point (int, bool,
     complex: no adapter weight is one) and, unless ``allow_nonfinite``, NaN or inf values (they
     would poison every output they touch). The one check for every reader of adapter files:
@@ -74,8 +77,8 @@ def check_tensors(tensors: dict[str, torch.Tensor], source, allow_nonfinite: boo
                              "floating point")
         if not allow_nonfinite and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"{source}: tensor {key} holds {bad} NaN/inf value(s) of {tensor.numel()}; "
-                             "refused (load_adapter(..., allow_nonfinite=True) loads it anyway)")
+            raise ValueError(f"{source}: tensor {key} holds {bad} NaN/inf value(s) of {tensor.numel()}"
+                             + (f"; {hint}" if hint else ""))
 
 
 def _weights_path(directory: Path) -> Path:
@@ -137,7 +140,7 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     directory = Path(directory)
     config = load_config(directory)
     config.inference_mode = not is_trainable
-    tensors = read_tensors(_weights_path(directory), allow_nonfinite)
+    tensors = read_tensors(_weights_path(directory), allow_nonfinite, _NONFINITE_HINT)
     try:
         add_adapter(model, config, name, adapter_dtype=adapter_dtype, strict=False, init=False)
     except ValueError as err:
@@ -219,7 +222,7 @@ def hotswap(model: nn.Module, directory: str | Path, name: str = "default",
     """
     directory = Path(directory)
     config = LoraConfig.load(directory)
-    tensors = read_tensors(_weights_path(directory), allow_nonfinite)
+    tensors = read_tensors(_weights_path(directory), allow_nonfinite, _NONFINITE_HINT)
     source = directory / WEIGHTS_NAME
     expected = adapter_state_dict(model, name)
     if set(expected) != set(tensors):

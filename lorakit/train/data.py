@@ -22,6 +22,7 @@ class TokenizedData:
     fmt: str
     source: str
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    first_skip: dict[str, str] = field(default_factory=dict)  # reason -> first such row's error
     label_names: list[str] | None = None  # seq_cls: class id -> name
 
     def n_tokens(self) -> int:
@@ -50,6 +51,7 @@ def load_data(path: str, tokenizer, *, fmt: str = "auto", template: str = "alpac
             if not skip_bad:
                 raise
             data.skipped[err.reason] += 1
+            data.first_skip.setdefault(err.reason, str(err))
             continue
         data.examples.append(example)
     if not data.examples:

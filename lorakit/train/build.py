@@ -62,7 +62,7 @@ def data_kwargs(cfg: TrainConfig) -> dict:
     """``load_data`` keyword arguments of a config."""
     return dict(fmt=cfg.format, template=cfg.instruction_template,
                 completion_only=cfg.completion_only_loss, max_seq_len=cfg.max_seq_len,
-                skip_bad=cfg.on_bad_row == "skip")
+                skip_bad=cfg.on_bad_row == "skip", columns=cfg.columns)
 
 
 def load_training_data(cfg: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData | None]:

@@ -33,7 +33,7 @@ def prompt_ids(tokenizer, prompt: str, template: str) -> list[int]:
     if template == "alpaca":
         from lorakit.train.formats import instruction_prompt
 
-        return tokenizer(instruction_prompt({"instruction": prompt}, "chat"))["input_ids"]
+        return tokenizer(instruction_prompt({"instruction": prompt, "output": ""}, "chat"))["input_ids"]
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("this base model's tokenizer has no chat template; use the alpaca prompt")
     text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,

@@ -8,27 +8,16 @@ from safetensors.torch import load_file
 from lorakit.train import train
 from lorakit.train.checkpoint import list_checkpoints
 from lorakit.train.control import STOP_FILE, request_stop
-from lorakit.train.tracking import MetricsLog, read_metrics
+from lorakit.train.tracking import read_metrics
 from tests.test_train_fixtures import make_config, one_thread, tiny_model_dir, tokenizer, toy_data  # noqa: F401
-
-
-def _stop_at(monkeypatch, step: int) -> None:
-    """Touch STOP when the metrics record of ``step`` is written (a user pressing Stop then)."""
-    write = MetricsLog.write
-
-    def write_and_stop(self, record):
-        write(self, record)
-        if record.get("step") == step and "loss" in record:
-            request_stop(self.path.parent)
-
-    monkeypatch.setattr(MetricsLog, "write", write_and_stop)
+from tests.ui_support import stop_at
 
 
 def test_stop_file_checkpoints_and_resume_matches_uninterrupted(make_config, tmp_path, monkeypatch, capsys):
     reference = load_file(train(make_config(max_steps=8, output_dir=str(tmp_path / "ref")))
                           / "adapter_model.safetensors")
     cfg = make_config(max_steps=8, save_every=0)
-    _stop_at(monkeypatch, 3)
+    stop_at(monkeypatch, 3)
     out = train(cfg)
     run_dir = tmp_path / "run"
     assert out == run_dir / "checkpoints" / "step-00000003"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import yaml
@@ -58,6 +59,7 @@ def test_runs_list_and_detail_read_the_run_files(env):
     assert d["config"] == yaml.safe_load((root / "a" / "config.yaml").read_text())
     assert d["card"] == (root / "a" / "adapter" / "README.md").read_text()
     assert c.get("/api/runs/c").json()["checkpoints"] == ["step-00000002"]
+    assert runs["c"]["step"] == 2 and runs["c"]["total_steps"] == 4
     all_records = c.get("/api/runs/a/metrics").json()["records"]
     assert all_records == read_metrics(root / "a" / "metrics.jsonl")
     assert [r["step"] for r in c.get("/api/runs/a/metrics?since=6").json()["records"]] == [7, 8]
@@ -168,14 +170,10 @@ def test_inspect_matches_lorakit_inspect(env):
 
 
 def test_eval_job_and_compare(env):
-    from lorakit.cli import main
-
     c, root = env["client"], env["root"]
     held = str(env["held"])
-    # b's report made directly by `lorakit eval`; a's through the dashboard's job
-    assert main(["eval", "--model", str(env["model"]), "--adapter", str(root / "b" / "adapter"),
-                 "--data", held, "--no-base", "--max-new-tokens", "4", "--out",
-                 str(root / "b" / "evals" / "held.json")]) == 0
+    # b's report was made by `lorakit eval` itself (ui_support); a's is made by the dashboard's job
+    shutil.rmtree(root / "a" / "evals")
     job = c.post("/api/evals", json={"runs": ["a"], "data": held, "max_new_tokens": 4}).json()
     job = wait_for(lambda: (j := c.get(f"/api/evals/{job['id']}").json())["state"] != "running" and j,
                    90, "the eval job")
@@ -251,3 +249,35 @@ def test_token_guards_the_api(env):
         assert c.get("/api/runs", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert c.get("/api/runs", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/").status_code == 200  # the page itself; it sends the token on each call
+
+
+def test_eta_follows_the_pace_since_the_last_resume():
+    from lorakit.ui.runs import eta_seconds
+
+    first = [{"step": s, "loss": 1.0, "elapsed_s": 2.0 * s} for s in range(1, 6)]  # 2 s/step
+    assert eta_seconds(first, 10) == pytest.approx(10.0)
+    # resumed at step 5: elapsed_s restarts, the new process does 0.5 s/step
+    resumed = first + [{"step": 5 + s, "loss": 1.0, "elapsed_s": 1.0 + 0.5 * s} for s in range(1, 4)]
+    assert eta_seconds(resumed + [{"step": 8, "eval_loss": 1.0}], 10) == pytest.approx(1.0)
+    assert eta_seconds(first, 5) == 0.0 and eta_seconds([], 10) is None and eta_seconds(first, None) is None
+
+
+def test_a_run_started_elsewhere_shows_as_running_while_its_metrics_move(tmp_path):
+    import os
+    import time
+
+    from lorakit.ui.runs import LIVE_SECONDS, Runs
+
+    run = tmp_path / "cli-run"
+    run.mkdir()
+    (run / "config.yaml").write_text("model: m\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 2.0}) + "\n" for s in (1, 2)))
+    runs = Runs(tmp_path)
+    assert runs.status("cli-run") == "running"
+    (run / "checkpoints" / "step-00000002").mkdir(parents=True)  # what a stop on request leaves
+    assert runs.status("cli-run") == "stopped"
+    (run / "checkpoints" / "step-00000002").rename(run / "checkpoints" / "step-00000001")
+    assert runs.status("cli-run") == "running"
+    old = time.time() - LIVE_SECONDS - 1
+    os.utime(run / "metrics.jsonl", (old, old))  # quiet for a minute: it ended (crashed)
+    assert runs.status("cli-run") == "stopped"

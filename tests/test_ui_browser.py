@@ -50,14 +50,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory, tiny_model_dir):
-    from lorakit.cli import main
-
     root = tmp_path_factory.mktemp("ui-browser") / "runs"
     files = make_runs(root, tiny_model_dir)
-    for run in ("a", "b"):  # eval reports for the Compare page, made by `lorakit eval` itself
-        assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(root / run / "adapter"),
-                     "--data", str(files["held"]), "--max-new-tokens", "4", "--out",
-                     str(root / run / "evals" / "held.json")] + (["--no-base"] if run == "b" else [])) == 0
     app = create_app(root, cwd=root.parent)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -9,7 +9,11 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from lorakit.train import train
+from lorakit.train.control import request_stop
+from lorakit.train.tracking import MetricsLog
 from lorakit.train.schema import from_dict
 from tests.test_train_fixtures import toy_instruction_rows, write_jsonl
 
@@ -32,25 +36,49 @@ def train_run(root: Path, name: str, model_dir: Path, data: Path, **overrides) -
     return root / name
 
 
-_TRAINED: dict[Path, Path] = {}  # model dir -> runs trained once per test session
+# The runs, trained once per test session. Keyed by nothing: each test module that imports the
+# tiny_model_dir fixture builds its own copy of the (identical, seeded) tiny model.
+_TRAINED: dict[str, Path] = {}
 
 
 def make_runs(root: Path, model_dir: Path) -> dict:
-    """``root`` with runs ``a`` (done, r=8), ``b`` (done, r=4) and ``c`` (stopped: a checkpoint
-    at step 2, no final adapter); returns paths of the data files. The runs are trained once
-    per session and copied (the test modules change their copies)."""
-    data = write_jsonl(root.parent / "toy.jsonl", toy_instruction_rows())
-    held = write_jsonl(root.parent / "held.jsonl", toy_instruction_rows(6))
-    if model_dir not in _TRAINED:
-        template = root.parent / "trained-runs"
-        template.mkdir()
-        train_run(template, "a", model_dir, data, max_steps=8)
-        train_run(template, "b", model_dir, data, max_steps=4, r=4, lora_alpha=8, seed=1)
-        c = train_run(template, "c", model_dir, data, max_steps=4, save_every=2)
-        shutil.rmtree(c / "adapter")  # as if stopped after the step-2 checkpoint
-        _TRAINED[model_dir] = template
-    shutil.copytree(_TRAINED[model_dir], root)
-    return {"data": data, "held": held}
+    """``root`` with runs ``a`` (done, r=8), ``b`` (done, r=4) and ``c`` (stopped on request at
+    step 2: a checkpoint, no final adapter), and `lorakit eval` reports of a (with the base) and b on
+    ``held.jsonl`` in their ``evals/``; returns the (absolute) data files. Made once per session, then
+    copied (the test modules change their copies)."""
+    if "runs" not in _TRAINED:
+        from lorakit.cli import main
+
+        template = root.parent.parent / "trained-runs"
+        (template / "runs").mkdir(parents=True)
+        data = write_jsonl(template / "toy.jsonl", toy_instruction_rows())
+        held = write_jsonl(template / "held.jsonl", toy_instruction_rows(6))
+        runs = template / "runs"
+        train_run(runs, "a", model_dir, data, max_steps=8)
+        train_run(runs, "b", model_dir, data, max_steps=4, r=4, lora_alpha=8, seed=1)
+        with pytest.MonkeyPatch.context() as mp:  # c: stopped on request at step 2 of 4
+            stop_at(mp, 2)
+            train_run(runs, "c", model_dir, data, max_steps=4)
+        for run in ("a", "b"):
+            assert main(["eval", "--model", str(model_dir), "--adapter", str(runs / run / "adapter"),
+                         "--data", str(held), "--max-new-tokens", "4", "--out",
+                         str(runs / run / "evals" / "held.json")] + (["--no-base"] if run == "b" else [])) == 0
+        _TRAINED["runs"] = template
+    template = _TRAINED["runs"]
+    shutil.copytree(template / "runs", root)
+    return {"data": template / "toy.jsonl", "held": template / "held.jsonl"}  # as the reports name them
+
+
+def stop_at(monkeypatch, step: int) -> None:
+    """Touch STOP when the metrics record of ``step`` is written (a user pressing Stop then)."""
+    write = MetricsLog.write
+
+    def write_and_stop(self, record):
+        write(self, record)
+        if record.get("step") == step and "loss" in record:
+            request_stop(self.path.parent)
+
+    monkeypatch.setattr(MetricsLog, "write", write_and_stop)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):

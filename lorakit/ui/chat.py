@@ -44,25 +44,28 @@ def prompt_ids(tokenizer, prompt: str, template: str) -> list[int]:
 class ChatHub:
     """Owns the in-process serving engine; ``stream`` yields ``(column, event)`` pairs."""
 
-    def __init__(self, max_rank: int = 64, dtype: str = "float32"):
-        self.max_rank, self.dtype = max_rank, dtype
+    def __init__(self, dtype: str = "float32"):
+        self.dtype = dtype
         self._lock = threading.Lock()
         self._server = None
         self._model = None
 
-    def _server_for(self, model: str):
-        """The server for base ``model``, built (model loaded) on first use; runs in a worker thread."""
+    def _server_for(self, model: str, rank: int):
+        """The server for base ``model`` whose slots hold rank ``rank``, built (model loaded)
+        on first use and rebuilt for another base or a larger rank (the mixed-batch cost grows
+        with the slots' rank, so they are as small as the adapters allow). Worker thread only."""
         from lorakit.serve.config import ServeConfig
         from lorakit.serve.server import build_server
 
         with self._lock:
-            if self._server is not None and self._model == model:
-                return self._server
-            if self._server is not None:
-                self._server.engine.stop()
+            current = self._server
+            if current is not None and self._model == model and current.pool.max_rank >= rank:
+                return current
+            if current is not None:
+                current.engine.stop()
                 self._server = None
             config = ServeConfig(model=model, dtype=self.dtype, max_slots=MAX_ADAPTERS,
-                                 max_rank=self.max_rank, max_batch=MAX_ADAPTERS + 1)
+                                 max_rank=max(16, rank), max_batch=MAX_ADAPTERS + 1)
             server = build_server(config)
             server.engine.start()
             self._server, self._model = server, model
@@ -90,7 +93,7 @@ class ChatHub:
         from lorakit.serve.threads import serial_openmp
 
         serial_openmp()  # adapter reads here must not start a second OpenMP pool
-        server = self._server_for(model)
+        server = self._server_for(model, max((_rank(c.adapter_dir) for c in columns), default=1))
         adapters = [self._adapter(server, c) for c in columns]
         return server, adapters, prompt_ids(server.tokenizer, prompt, template)
 
@@ -125,6 +128,16 @@ class ChatHub:
             if self._server is not None:
                 self._server.engine.stop()
                 self._server = None
+
+
+def _rank(adapter_dir: Path | None) -> int:
+    """The largest rank in an adapter directory's config (0 for the base column)."""
+    if adapter_dir is None:
+        return 0
+    from lorakit.config import load_config
+
+    cfg = load_config(adapter_dir)
+    return max([getattr(cfg, "r", 0), *(getattr(cfg, "rank_pattern", None) or {}).values()])
 
 
 def event_json(index: int, event) -> dict:

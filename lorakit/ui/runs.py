@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from lorakit.train.tracking import read_metrics
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _TOTAL = re.compile(r"(\d+) steps on \d+ process")
+# A run the dashboard did not start (no job.json) may count as running while its metrics.jsonl
+# changed this recently (see Runs._live_elsewhere).
+LIVE_SECONDS = 60.0
 
 __all__ = ["NAME", "RunError", "RunSummary", "Runs", "eta_seconds"]
 
@@ -173,11 +177,25 @@ class Runs:
             return "stopping" if (path / STOP_FILE).exists() else "running"
         if (path / "adapter" / "README.md").is_file() or (path / "model" / "README.md").is_file():
             return "done"
+        if not job and self._live_elsewhere(path):
+            return "stopping" if (path / STOP_FILE).exists() else "running"
         if job.get("returncode") not in (None, 0):
             return "failed"
         if checkpoint.latest_checkpoint(path) is not None:
             return "stopped"
         return "failed" if job else "new"
+
+    @staticmethod
+    def _live_elsewhere(path: Path) -> bool:
+        """A run started outside the dashboard: training while metrics.jsonl changed within
+        ``LIVE_SECONDS`` and its last step is past its newest checkpoint (a stop on request
+        writes a checkpoint of the last step)."""
+        metrics = path / "metrics.jsonl"
+        if not metrics.is_file() or time.time() - metrics.stat().st_mtime > LIVE_SECONDS:
+            return False
+        steps = [r.get("step", 0) for r in read_metrics(metrics)]
+        latest = checkpoint.latest_checkpoint(path)
+        return latest is None or max(steps, default=0) > int(latest.name.split("-")[1])
 
     def summary(self, name: str) -> RunSummary:
         path = self.path(name)

@@ -281,3 +281,40 @@ def test_a_run_started_elsewhere_shows_as_running_while_its_metrics_move(tmp_pat
     old = time.time() - LIVE_SECONDS - 1
     os.utime(run / "metrics.jsonl", (old, old))  # quiet for a minute: it ended (crashed)
     assert runs.status("cli-run") == "stopped"
+
+
+def test_lorakit_ui_command_serves_the_page_behind_its_token(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit.cli", "ui", "--runs", str(tmp_path / "runs"),
+                             "--port", str(port), "--token", "t0k"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == \
+            f"lorakit ui: runs in {tmp_path / 'runs'}; open http://127.0.0.1:{port}/?token=t0k"
+        url = f"http://127.0.0.1:{port}"
+
+        def up():
+            try:
+                return urllib.request.urlopen(url + "/api/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        wait_for(up, 30, "lorakit ui to listen")
+        page = urllib.request.urlopen(url + "/").read().decode()
+        assert "<title>lorakit</title>" in page and "/static/app.js" in page
+        assert "lineChart" in urllib.request.urlopen(url + "/static/chart.js").read().decode()
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "/api/runs")
+        assert err.value.code == 401
+        request = urllib.request.Request(url + "/api/runs", headers={"Authorization": "Bearer t0k"})
+        assert json.loads(urllib.request.urlopen(request).read())["runs"] == []
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,13 +26,21 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HINT = "install with `make browser` (apt-get install chromium chromium-driver; pip install 'lorakit[browser]')"
 
+
+
+def _skip_loudly(reason: str) -> None:
+    """Skip this module, with the reason in the warnings summary that `pytest -q` prints too."""
+    message = f"BROWSER TESTS SKIPPED: {reason}; {HINT}"
+    warnings.warn(message, pytest.PytestWarning, stacklevel=2)
+    pytest.skip(message, allow_module_level=True)
+
+
 try:
     from playwright.sync_api import sync_playwright
 except ImportError:
-    pytest.skip(f"BROWSER TESTS SKIPPED: the playwright client is not installed; {HINT}",
-                allow_module_level=True)
+    _skip_loudly("the playwright client is not installed")
 if not os.access(CHROMIUM, os.X_OK):
-    pytest.skip(f"BROWSER TESTS SKIPPED: no chromium at {CHROMIUM}; {HINT}", allow_module_level=True)
+    _skip_loudly(f"no chromium at {CHROMIUM}")
 
 import uvicorn  # noqa: E402
 

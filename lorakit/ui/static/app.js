@@ -35,7 +35,7 @@ function toast(message, isError) {
 }
 
 const fmt = {
-  num: (v, d) => v === null || v === undefined ? "–" : (+v).toFixed(d === undefined ? 4 : d),
+  num: (v, d) => v === null || v === undefined ? "–" : Number.isInteger(v) ? String(v) : (+v).toFixed(d === undefined ? 4 : d),
   sci: v => v === null || v === undefined ? "–" : (+v).toExponential(2),
   eta: s => s === null || s === undefined ? "–" : s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${(s / 3600).toFixed(1)} h`,
   steps: r => `${r.step}${r.total_steps ? " / " + r.total_steps : ""}`,
@@ -169,7 +169,7 @@ async function pageNew() {
       h("span", {class: "fname"}, f.name), input, h("small", {}, f.help)));
   }
   const name = h("input", {id: "run-name-input", value: "run-" + new Date().toISOString().slice(5, 16).replace(/[-:T]/g, ""), pattern: "[A-Za-z0-9][A-Za-z0-9_.-]*"});
-  const preview = h("div", {id: "preview"}), yamlBox = h("pre", {id: "yaml", hidden: true});
+  const preview = h("div", {id: "preview"});
   function values() {
     const out = {};
     for (const [k, {f, input}] of Object.entries(inputs)) {
@@ -203,7 +203,7 @@ async function pageNew() {
     h("label", {class: "field wide"}, h("span", {class: "fname"}, "run name"), name),
     h("div", {class: "buttons"}, h("button", {id: "preview-btn", onclick: doPreview}, "Preview data"),
                                 h("button", {id: "launch", class: "primary", onclick: launch}, "Start training")),
-    preview, yamlBox, h("div", {class: "form"}, groups.null, groups.lora));
+    preview, h("div", {class: "form"}, groups.null, groups.lora));
 }
 
 // ---- Compare: lorakit eval of several adapters and the base ------------------------------------
@@ -239,7 +239,7 @@ async function pageCompare() {
       const rows = [];
       for (let i = 0; i < Math.min(n, 50); i++) {
         const ref = (g.columns.find(c => c.examples[i]) || {examples: []}).examples[i];
-        rows.push(h("tr", {}, h("td", {class: "muted"}, ref ? ref.where : ""), h("td", {}, ref ? (ref.reference ?? ref.label) : ""),
+        rows.push(h("tr", {}, h("td", {class: "muted"}, ref ? ref.where.split("/").pop() : ""), h("td", {}, ref ? (ref.reference ?? ref.label) : ""),
           g.columns.map(c => { const e = c.examples[i]; const p = e ? (e.prediction ?? "") : "";
             return h("td", {class: e && String(p).trim() === String(e.reference ?? e.label).trim() ? "hit" : "miss"}, String(p)); })));
       }

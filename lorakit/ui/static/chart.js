@@ -22,8 +22,8 @@ function niceTicks(lo, hi, n) {
 
 function fmtTick(v) {
   if (v === 0) return "0";
-  const a = Math.abs(v);
-  return (a >= 1e4 || a < 1e-3) ? v.toExponential(1) : +v.toPrecision(4) + "";
+  const a = Math.abs(v), short = +v.toPrecision(5);   // enough digits to tell close ticks apart
+  return (a >= 1e4 || a < 1e-3) ? short.toExponential() : short + "";
 }
 
 // series: [{name, color, points: [[x, y], ...], markers: bool, dashed: bool}]

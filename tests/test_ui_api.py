@@ -91,6 +91,8 @@ def test_new_run_name_cannot_leave_the_runs_dir(env, name):
     ({"warp": 1}, "unknown setting 'warp'"),
     ({"target_modules": "[q_proj"}, "target_modules: not valid YAML"),
     ({"output_dir": "/tmp/elsewhere"}, "unknown setting 'output_dir'"),
+    ({"data": ""}, "data: a training data file is required"),
+    ({"eval_data": "nope.jsonl"}, "eval_data not found: nope.jsonl"),
 ])
 def test_malformed_form_is_422_naming_the_field(env, values, needle):
     c, root = env["client"], env["root"]

@@ -99,6 +99,7 @@ def create_app(runs_dir: str | Path, token: str = "", cwd: str | Path | None = N
         name = body.get("name")
         path = runs.path(name, must_exist=False)
         cfg = config_from_form(body.get("values", {}), str(path))
+        jobs.check_inputs(cfg)
         text = to_yaml(cfg)
         command = jobs.train(name, text)
         return {"name": name, "command": command, "yaml": text}

@@ -40,6 +40,16 @@ class Jobs:
         self._evals: dict[str, dict] = {}
 
     # ---- training ---------------------------------------------------------------------------
+    def check_inputs(self, cfg) -> None:
+        """The files a config names exist (relative paths: from the jobs' working directory),
+        so a typo is a 422 now rather than a failed run later."""
+        if not cfg.data:
+            raise RunError(422, "data: a training data file is required")
+        for key in ("data", "eval_data"):
+            value = getattr(cfg, key)
+            if value and not (self.cwd / value).exists():
+                raise RunError(422, f"{key} not found: {value} (relative to {self.cwd})")
+
     def train(self, name: str, yaml_text: str) -> list[str]:
         """Write ``RUNS/name/train.yaml`` and start ``lorakit train`` on it."""
         path = self.runs.path(name, must_exist=False)

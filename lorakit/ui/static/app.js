@@ -184,7 +184,9 @@ async function pageNew() {
     try {
       const p = await api("/api/preview", {method: "POST", body: JSON.stringify({values: values(), n: 5})});
       preview.replaceChildren(h("h2", {}, "Data preview"),
-        h("p", {class: "muted"}, Object.entries(p.stats || {}).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(" · ")),
+        h("p", {class: "muted", id: "preview-stats"}, Object.entries(p.stats || {})
+          .filter(([, v]) => v !== null && !(typeof v === "object" && !Object.keys(v).length))
+          .map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : typeof v === "number" ? +v.toPrecision(4) : v}`).join(" · ")),
         ...p.examples.map(e => h("div", {class: "example"},
           h("div", {class: "muted"}, `${e.n_tokens} tokens, ${e.n_trained} trained`),
           h("pre", {}, e.segments.map(s => h("span", {class: s.trained ? "trained" : "prompt"}, s.text))))));

@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorakit-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast test-all setup clean
+.PHONY: demo test test-fast test-all setup clean browser
 
 setup: $(STAMP)
 
@@ -23,14 +23,24 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(PY) -m lorakit.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -m "not heavy" $(PYTEST_ARGS)
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not heavy" $(PYTEST_ARGS)
+
+# The browser tests of `lorakit ui` (tests/test_ui_browser.py) drive Debian's chromium with the
+# Playwright client (pip extra `browser`, in `dev`). Installed with apt-get when root; elsewhere
+# those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver) \
+	    || echo "make browser: apt-get failed; the browser tests will skip"; \
+	else echo "make browser: not root or no apt-get; install chromium to run the browser tests"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -21,6 +21,8 @@ COMMANDS = {
     "merge": "lorakit.tools_cli",
     "inspect": "lorakit.analysis.cli",
     "models": "lorakit.tools_cli",
+    "data": "lorakit.train.data_cli",
+    "ui": "lorakit.ui.cli",
 }
 
 

@@ -27,7 +27,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, help="eval data file (.jsonl/.json/.csv/.parquet)")
     p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
                    help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
-    p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "text", "classification"],
+    p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "prompt_completion", "text",
+                                                "classification"],
                    help="data format; auto detects it from the first row's keys (as in training)")
     p.add_argument("--instruction-template", default="alpaca", choices=["alpaca", "chat"],
                    help="prompt of instruction rows: use the one the adapter was trained with")

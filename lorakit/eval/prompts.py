@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lorakit.train.data import TokenizedData, load_data
+from lorakit.train.dialects import trained
 from lorakit.train.formats import IGNORE, chat_messages
 from lorakit.train.readers import read_rows
 
@@ -42,9 +43,11 @@ def last_trained_start(labels: list[int]) -> int:
 def reference_text(record: dict, fmt: str, where: str) -> str:
     """The answer the model should produce: the last assistant turn, or ``output``."""
     if fmt == "chat":
-        return [m for m in chat_messages(record, where) if m["role"] == "assistant"][-1]["content"]
+        return [m for m in chat_messages(record, where) if trained(m)][-1]["content"]
     if fmt == "instruction":
         return str(record.get("output", ""))
+    if fmt == "prompt_completion":
+        return str(record.get("completion", ""))
     raise ValueError(f"{where}: format {fmt!r} has no reference answer to generate")
 
 

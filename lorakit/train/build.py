@@ -60,11 +60,16 @@ def prepare_run_dir(cfg: TrainConfig, taken: list[str]) -> Path:
     return run_dir
 
 
+def data_kwargs(cfg: TrainConfig) -> dict:
+    """``load_data`` keyword arguments of a config."""
+    return dict(fmt=cfg.format, template=cfg.instruction_template,
+                completion_only=cfg.completion_only_loss, max_seq_len=cfg.max_seq_len,
+                skip_bad=cfg.on_bad_row == "skip", columns=cfg.columns)
+
+
 def load_training_data(cfg: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData | None]:
     """Train and eval data, tokenized and checked (see ``lorakit.train.data``)."""
-    kw = dict(fmt=cfg.format, template=cfg.instruction_template,
-              completion_only=cfg.completion_only_loss, max_seq_len=cfg.max_seq_len,
-              skip_bad=cfg.on_bad_row == "skip")
+    kw = data_kwargs(cfg)
     train = load_data(cfg.data, tokenizer, **kw)
     if (train.fmt == "classification") != (cfg.task == "seq_cls"):
         raise ValueError(f"{cfg.data}: {train.fmt} data does not fit task {cfg.task!r} "

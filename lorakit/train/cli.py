@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lorakit.train import schema
+from lorakit.train import data_cli, schema
 
 _EPILOG = """examples:
   lorakit train examples/sql_demo.yaml
   lorakit train --data train.jsonl --r 16 --lora-alpha 32 --epochs 2 --output-dir runs/a
   lorakit train --resume runs/a
+  lorakit train examples/sql_demo.yaml --dry-run      # check config + data, no weights loaded
   torchrun --nproc_per_node=2 -m lorakit.cli train examples/sql_demo.yaml
 """
 
@@ -25,6 +26,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its newest checkpoint, with the "
                              "config saved there")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve the config, tokenize all data and show the first examples "
+                             "as the model sees them (see `lorakit data preview`); loads only "
+                             "the tokenizer, writes nothing")
+    data_cli.add_preview_arguments(parser)
     schema.add_arguments(parser)
     parser.set_defaults(func=run)
     return parser
@@ -56,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.train.loop import TrainingDiverged, train
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        if not args.json:
+            print(schema.to_yaml(cfg))
+        return data_cli.show(cfg, args)
     try:
         train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:

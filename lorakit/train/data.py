@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lorakit.train import dialects
 from lorakit.train.formats import Example, RowError, detect_format, encode
 from lorakit.train.readers import read_rows
 
@@ -22,6 +23,7 @@ class TokenizedData:
     fmt: str
     source: str
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    first_skip: dict[str, str] = field(default_factory=dict)  # reason -> first such row's error
     label_names: list[str] | None = None  # seq_cls: class id -> name
 
     def n_tokens(self) -> int:
@@ -30,16 +32,22 @@ class TokenizedData:
 
 def load_data(path: str, tokenizer, *, fmt: str = "auto", template: str = "alpaca",
               completion_only: bool = True, max_seq_len: int = 1024, skip_bad: bool = False,
-              label_names: list[str] | None = None) -> TokenizedData:
+              label_names: list[str] | None = None,
+              columns: dict[str, str] | None = None) -> TokenizedData:
     """Read and tokenize ``path``. ``label_names`` fixes the class ids of string labels (pass
-    the training set's names when loading its eval file)."""
+    the training set's names when loading its eval file); ``columns`` renames a data set's
+    columns to lorakit's field names (``dialects.map_columns``)."""
     rows = read_rows(path)
+    columns = columns or {}
+    dialects.check_columns(columns)
     if fmt == "auto":
-        fmt = detect_format(rows[0].record, rows[0].where)
+        first = dialects.map_columns(rows[0].record, columns, rows[0].where)
+        fmt = detect_format(first, rows[0].where)
     data = TokenizedData([], fmt, str(path))
     for row in rows:
         try:
-            example = encode(row.record, fmt, tokenizer, template, completion_only, row.where)
+            record = dialects.map_columns(row.record, columns, row.where)
+            example = encode(record, fmt, tokenizer, template, completion_only, row.where)
             if len(example.input_ids) > max_seq_len:
                 raise RowError(row.where, f"{len(example.input_ids)} tokens, longer than "
                                f"max_seq_len={max_seq_len} (raise max_seq_len, or skip such rows "
@@ -50,6 +58,7 @@ def load_data(path: str, tokenizer, *, fmt: str = "auto", template: str = "alpac
             if not skip_bad:
                 raise
             data.skipped[err.reason] += 1
+            data.first_skip.setdefault(err.reason, str(err))
             continue
         data.examples.append(example)
     if not data.examples:

@@ -2,12 +2,17 @@
 
 Formats (``auto`` picks by the first row's keys, in this order):
 
-- ``chat``: ``messages: [{role, content}, ...]`` or ShareGPT ``conversations: [{from, value}]``
-  (``human`` -> user, ``gpt`` -> assistant). Rendered with the tokenizer's chat template; the
-  trained tokens are each assistant turn as the template writes it (content and end-of-turn).
-- ``instruction``: Alpaca ``instruction``, optional ``input``, ``output``. Rendered with
-  ``ALPACA_PROMPT`` / ``ALPACA_PROMPT_NO_INPUT`` (or as one user turn of the chat template);
-  the trained tokens are ``output`` followed by EOS.
+- ``chat``: ``messages`` / ``conversations`` (OpenAI, ShareGPT, with per-turn training flags)
+  or TRL's conversational ``prompt``/``completion`` lists; read by
+  ``lorakit.train.dialects.conversation``. Rendered with the tokenizer's chat template; the
+  trained tokens are each trained turn as the template writes it (content and end-of-turn).
+- ``prompt_completion``: TRL's standard ``prompt`` and ``completion`` strings; the prompt as
+  written, the completion and EOS trained.
+- ``instruction``: Alpaca ``instruction``, optional ``input``, ``output``, and LLaMA-Factory's
+  optional ``system`` and ``history``. Rendered with ``ALPACA_PROMPT`` /
+  ``ALPACA_PROMPT_NO_INPUT`` (``system`` replaces the first paragraph, each ``history`` pair
+  comes first as ``ALPACA_TURN`` + response + EOS + blank line), or as a conversation of the
+  chat template (``dialects.instruction_conversation``); every response and EOS trains.
 - ``text``: ``text``; every token trains (followed by EOS).
 - ``classification``: ``text`` and ``label`` (int id or string name), for ``seq_cls``.
 
@@ -22,28 +27,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lorakit.train import dialects
+from lorakit.train.errors import RowError, field_value
+
 IGNORE = -100
-FORMATS = ("chat", "instruction", "classification", "text")
+FORMATS = ("chat", "prompt_completion", "instruction", "classification", "text")
 
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task, paired with an input that provides further "
-    "context. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
-ALPACA_PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately "
-    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-)
-_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                   "system": "system"}
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task, paired with an input that "
+                   "provides further context. Write a response that appropriately completes the "
+                   "request.\n\n")
+ALPACA_PREAMBLE_NO_INPUT = ("Below is an instruction that describes a task. Write a response "
+                            "that appropriately completes the request.\n\n")
+ALPACA_TURN = "### Instruction:\n{instruction}\n\n### Response:\n"
+ALPACA_TURN_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+ALPACA_PROMPT = ALPACA_PREAMBLE + ALPACA_TURN_INPUT
+ALPACA_PROMPT_NO_INPUT = ALPACA_PREAMBLE_NO_INPUT + ALPACA_TURN
 
-
-class RowError(ValueError):
-    """A data row that cannot be used; the message starts with the row's ``file:line``."""
-
-    def __init__(self, where: str, problem: str, reason: str):
-        super().__init__(f"{where}: {problem}")
-        self.reason = reason  # short key for skip counts: "missing field", "too long", ...
+__all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "Example", "FORMATS", "IGNORE", "RowError",
+           "chat_messages", "detect_format", "encode", "instruction_prompt"]
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Example:
 def detect_format(record: dict, where: str) -> str:
     if "messages" in record or "conversations" in record:
         return "chat"
+    if "prompt" in record and "completion" in record:
+        return "chat" if isinstance(record["prompt"], list) else "prompt_completion"
     if "instruction" in record:
         return "instruction"
     if "text" in record and "label" in record:
@@ -65,94 +68,90 @@ def detect_format(record: dict, where: str) -> str:
     if "text" in record:
         return "text"
     raise RowError(where, f"cannot tell the data format from keys {sorted(record)}; expected "
-                   "messages/conversations (chat), instruction/output (instruction), text/label "
-                   "(classification) or text", "unknown format")
-
-
-def _field(record: dict, key: str, where: str, types=(str,), optional: bool = False):
-    if key not in record or record[key] is None:
-        if optional:
-            return None
-        raise RowError(where, f"missing field {key!r} (row has {sorted(record)})", "missing field")
-    value = record[key]
-    if not isinstance(value, types) or isinstance(value, bool):
-        names = " or ".join(t.__name__ for t in types)
-        raise RowError(where, f"field {key!r} must be {names}, got {type(value).__name__} "
-                       f"{value!r:.60}", "wrong type")
-    return value
+                   "messages/conversations (chat), prompt/completion, instruction/output "
+                   "(instruction), text/label (classification) or text; map other column names "
+                   "with columns: (--columns instruction=question,output=answer)",
+                   "unknown format")
 
 
 def chat_messages(record: dict, where: str) -> list[dict]:
-    """The conversation as ``[{role, content}]`` (ShareGPT rows converted)."""
-    key, role_key, text_key = (("messages", "role", "content") if "messages" in record
-                               else ("conversations", "from", "value"))
-    turns = _field(record, key, where, types=(list,))
-    messages = []
-    for i, turn in enumerate(turns):
-        at = f"{where}: {key}[{i}]"
-        if not isinstance(turn, dict):
-            raise RowError(at, f"expected an object, got {type(turn).__name__}", "wrong type")
-        role = _field(turn, role_key, at)
-        if key == "conversations":
-            if role not in _SHAREGPT_ROLES:
-                raise RowError(at, f"unknown speaker {role!r}; known: {sorted(_SHAREGPT_ROLES)}",
-                               "wrong type")
-            role = _SHAREGPT_ROLES[role]
-        messages.append({"role": role, "content": _field(turn, text_key, at)})
-    if not any(m["role"] == "assistant" for m in messages):
-        raise RowError(where, f"{key} has no assistant turn to train on", "missing field")
-    return messages
+    """The conversation as ``[{role, content, train}]`` (see ``lorakit.train.dialects``)."""
+    return dialects.conversation(record, where)
 
 
 def _render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False,
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(plain, tokenize=False,
                                          add_generation_prompt=generation_prompt)
 
 
 def chat_segments(tokenizer, messages: list[dict], where: str) -> list[tuple[str, bool]]:
-    """Split the rendered conversation into (text, is_assistant_turn) pieces.
+    """Split the rendered conversation into (text, trained) pieces.
 
-    Assistant turn ``i`` is the text that rendering ``messages[: i + 1]`` adds to rendering
-    ``messages[:i]`` with the generation prompt. Templates that re-render earlier turns
-    differently (not prefix-stable) are refused rather than masked wrongly.
+    Trained assistant turn ``i`` is the text that rendering ``messages[: i + 1]`` adds to
+    rendering ``messages[:i]`` with the generation prompt. A trained turn of another role
+    (Axolotl's ``train: true``) is its content and what the template writes after it (the
+    end-of-turn), like an assistant turn. Templates that re-render earlier turns differently
+    (not prefix-stable) are refused rather than masked wrongly.
     """
     segments, done = [], ""
     for i, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if not dialects.trained(message):
             continue
-        prompt, through = _render(tokenizer, messages[:i], True), _render(tokenizer, messages[: i + 1])
+        if message["role"] == "assistant":
+            prompt = _render(tokenizer, messages[:i], True)
+        else:
+            before = _render(tokenizer, messages[:i]) if i else ""
+            turn = _render(tokenizer, messages[: i + 1])[len(before):]
+            at = turn.rfind(message["content"]) if message["content"] else -1
+            if at < 0:
+                raise RowError(where, f"turn {i} ({message['role']}) is marked trained but the "
+                               "chat template does not write its content verbatim", "chat template")
+            prompt = before + turn[:at]
+        through = _render(tokenizer, messages[: i + 1])
         if not (prompt.startswith(done) and through.startswith(prompt)):
             raise RowError(where, "the chat template is not prefix-stable for this conversation, "
-                           "so assistant tokens cannot be masked exactly", "chat template")
+                           "so trained tokens cannot be masked exactly", "chat template")
         segments += [(prompt[len(done):], False), (through[len(prompt):], True)]
         done = through
     rest = _render(tokenizer, messages)[len(done):]
-    return segments + ([(rest, False)] if rest else [])
+    return [s for s in segments if s[0]] + ([(rest, False)] if rest else [])
 
 
 def instruction_prompt(record: dict, where: str) -> str:
-    """The Alpaca prompt of an instruction row (everything before the response)."""
-    instruction = _field(record, "instruction", where)
-    extra = _field(record, "input", where, optional=True)
-    if extra:
-        return ALPACA_PROMPT.format(instruction=instruction, input=extra)
-    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+    """The Alpaca prompt of an instruction row (everything before the last response)."""
+    return "".join(text for text, _ in alpaca_segments(record, where, "")[:-1])
 
 
-def instruction_messages(record: dict, where: str) -> list[dict]:
-    """An instruction row as one user turn (instruction, blank line, input) and the answer."""
-    instruction = _field(record, "instruction", where)
-    extra = _field(record, "input", where, optional=True)
-    user = f"{instruction}\n\n{extra}" if extra else instruction
-    return [{"role": "user", "content": user},
-            {"role": "assistant", "content": _field(record, "output", where)}]
+def alpaca_segments(record: dict, where: str, eos: str) -> list[tuple[str, bool]]:
+    """An instruction row in the Alpaca layout (module docstring) as (text, trained) pieces;
+    ``eos`` is the tokenizer's EOS text, written after each history response."""
+    dialects.refuse_unsupported(record, where)
+    instruction = field_value(record, "instruction", where)
+    extra = field_value(record, "input", where, optional=True)
+    system = field_value(record, "system", where, optional=True)
+    preamble = ALPACA_PREAMBLE if extra else ALPACA_PREAMBLE_NO_INPUT
+    segments = [((system + "\n\n") if system else preamble, False)]
+    for query, response in dialects.history(record, where):
+        segments += [(ALPACA_TURN.format(instruction=query), False), (response + eos, True),
+                     ("\n\n", False)]
+    turn = (ALPACA_TURN_INPUT.format(instruction=instruction, input=extra) if extra
+            else ALPACA_TURN.format(instruction=instruction))
+    segments.append((turn, False))
+    return segments + [(field_value(record, "output", where), True)]
 
 
 def _tokenize(tokenizer, segments: list[tuple[str, bool]], special: bool, eos: bool,
               train_all: bool, where: str) -> Example:
     ids: list[int] = []
     labels: list[int] = []
-    for i, (text, trained) in enumerate(segments):
+    merged: list[tuple[str, bool]] = []
+    for text, trained in segments:  # neighbours with the same flag tokenize as one text
+        if merged and merged[-1][1] == trained:
+            merged[-1] = (merged[-1][0] + text, trained)
+        elif text:
+            merged.append((text, trained))
+    for i, (text, trained) in enumerate(merged):
         piece = tokenizer(text, add_special_tokens=special and i == 0)["input_ids"]
         ids += piece
         labels += piece if (trained or train_all) else [IGNORE] * len(piece)
@@ -168,17 +167,23 @@ def encode(record: dict, fmt: str, tokenizer, template: str, completion_only: bo
            where: str) -> Example:
     """Tokenize one row of format ``fmt``; a bad row raises ``RowError``."""
     if fmt == "classification":
-        text = _field(record, "text", where)
-        label = _field(record, "label", where, types=(int, str))
+        text = field_value(record, "text", where)
+        label = field_value(record, "label", where, types=(int, str))
         return Example(tokenizer(text)["input_ids"], label, where)
     if fmt == "text":
-        segments = [(_field(record, "text", where), True)]
+        segments = [(field_value(record, "text", where), True)]
         return _tokenize(tokenizer, segments, True, True, True, where)
-    if fmt == "instruction" and template == "alpaca":
-        segments = [(instruction_prompt(record, where), False),
-                    (_field(record, "output", where), True)]
+    if fmt == "prompt_completion":
+        segments = [(field_value(record, "prompt", where), False),
+                    (field_value(record, "completion", where), True)]
         return _tokenize(tokenizer, segments, True, True, not completion_only, where)
-    messages = chat_messages(record, where) if fmt == "chat" else instruction_messages(record, where)
+    if fmt == "instruction" and template == "alpaca":
+        segments = alpaca_segments(record, where, tokenizer.eos_token)
+        return _tokenize(tokenizer, segments, True, True, not completion_only, where)
+    if fmt == "chat":
+        messages = chat_messages(record, where)
+    else:
+        messages = dialects.instruction_conversation(record, where)
     if getattr(tokenizer, "chat_template", None) is None:
         raise RowError(where, "chat data needs a tokenizer with a chat template", "chat template")
     segments = chat_segments(tokenizer, messages, where)

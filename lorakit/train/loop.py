@@ -6,7 +6,8 @@
     optimizer  AdamW groups (LoRA+), lr schedule as a function of the step
     resume     trainable tensors, optimizer, data position, RNG from the latest checkpoint
     loop       per step: micro-batches of this process, token-normalised loss, backward,
-               NaN/inf check, clipping, optimizer step; then log, eval, checkpoint, early stop
+               NaN/inf check, clipping, optimizer step; then log, eval, checkpoint, early stop,
+               stop on request (a STOP file: checkpoint and return, see ``control``)
     finish     final eval, adapter + model card, loss.png
 
 The math (loss normalisation, tokens/s, lr schedule, plan, checkpoint layout) lives in tested
@@ -25,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorakit.fast import enable_fast_training
-from lorakit.train import batching, build, checkpoint, distributed, losses, optim
+from lorakit.train import batching, build, checkpoint, control, distributed, losses, optim
 from lorakit.train.card import RunSummary, model_card
 from lorakit.train.schema import TrainConfig
 from lorakit.train.tracking import MetricsLog, plot_losses
@@ -64,12 +65,14 @@ class Run:
     warmup_steps: int
     fingerprint: str
     fast: object = None         # lorakit.fast handle when cfg.fast applies (docs/performance.md)
+    stopped: bool = False       # stopped on request (control.STOP_FILE) after a checkpoint
 
 
 def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = None) -> Path:
     """Train as ``cfg`` says and return the output directory (adapter, or model for ``full``).
 
-    With ``resume`` the run continues from the newest checkpoint in ``cfg.output_dir``.
+    With ``resume`` the run continues from the newest checkpoint in ``cfg.output_dir``. A run
+    stopped on request (``control.request_stop``) returns the checkpoint it wrote instead.
     Raises ``TrainingDiverged`` on a NaN/inf loss (checkpoints are kept).
     """
     world = distributed.init_world()
@@ -77,6 +80,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
         run = _setup(cfg, world, resume)
         progress = _resume(run) if resume else Progress()
         progress = _loop(run, progress)
+        if run.stopped:
+            return _stopped(run, progress)
         return _finish(run, progress, command or ["python", "-c", "lorakit.train.train(...)"])
     finally:
         distributed.close_world(world)
@@ -100,6 +105,9 @@ def _setup(cfg: TrainConfig, world: distributed.World, resume: bool) -> Run:
             build.prepare_run_dir(cfg, taken)
         distributed.barrier(world)
     run_dir = Path(cfg.output_dir)
+    if world.is_main:
+        control.clear_stop(run_dir)  # a request left from before this process started
+    distributed.barrier(world)
     model.train()
     torch.manual_seed(cfg.seed + world.rank)  # per-process dropout streams
     fast = enable_fast_training(model) if cfg.fast and not cfg.full and world.size == 1 else None
@@ -296,7 +304,10 @@ def _after_step(run: Run, progress: Progress, log: MetricsLog | None, bar) -> bo
             log.write({"step": progress.step, "eval_loss": progress.last_eval})
             bar.write(f"step {progress.step}: eval loss {progress.last_eval:.4f}"
                       + (" (early stopping)" if stop else ""))
-    if cfg.save_every and progress.step % cfg.save_every == 0 and not done and not stop:
+    saving = cfg.save_every and progress.step % cfg.save_every == 0 and not done and not stop
+    if not done and not stop and control.stop_requested(run.run_dir, run.world):
+        run.stopped = stop = saving = True
+    if saving:
         _save(run, progress)
     return stop
 
@@ -316,6 +327,17 @@ def _save(run: Run, progress: Progress) -> None:
 
 
 # ---- finish ---------------------------------------------------------------------------------
+def _stopped(run: Run, progress: Progress) -> Path:
+    """A stop on request: the checkpoint is written; remove the request, say how to resume."""
+    path = checkpoint.checkpoint_dir(run.run_dir, progress.step)
+    if run.world.is_main:
+        control.clear_stop(run.run_dir)
+        print(f"lorakit train: stopped on request at step {progress.step}; checkpoint {path}; "
+              f"continue with `lorakit train --resume {run.run_dir}`", flush=True)
+    distributed.barrier(run.world)
+    return path
+
+
 def _finish(run: Run, progress: Progress, command: list[str]) -> Path:
     """Write the final adapter (or model) with its model card, and loss.png."""
     import lorakit

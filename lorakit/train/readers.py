@@ -9,6 +9,7 @@ lines), ``.csv`` (header row), ``.parquet``, and a directory written by ``datase
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ def read_rows(path: str | Path) -> list[Row]:
     if path.is_dir():
         rows = _read_datasets_dir(path)
     elif path.suffix == ".jsonl":
-        rows = _read_json_lines(path, path.read_text(encoding="utf-8"))
+        rows = _read_json_lines(path, read_text(path))
     elif path.suffix == ".json":
         rows = _read_json(path)
     elif path.suffix == ".csv":
@@ -43,6 +44,19 @@ def read_rows(path: str | Path) -> list[Row]:
     if not rows:
         raise ValueError(f"{path}: no rows (empty file)")
     return rows
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; a byte that is not UTF-8 is an error naming file, line, column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(f"{path}:{line}: byte 0x{data[err.start]:02x} at column {column} is not "
+                         "UTF-8 text; re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                         ) from None
 
 
 def _object(where: str, value) -> Row:
@@ -65,7 +79,7 @@ def _read_json_lines(path: Path, text: str) -> list[Row]:
 
 
 def _read_json(path: Path) -> list[Row]:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         return []
     try:
@@ -78,7 +92,7 @@ def _read_json(path: Path) -> list[Row]:
 
 
 def _read_csv(path: Path) -> list[Row]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f)
         rows = []
         for record in reader:

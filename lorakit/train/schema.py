@@ -83,8 +83,10 @@ class TrainConfig:
     data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file or saved datasets dir")
     eval_data: str = _f("", "held-out eval file (instead of eval_split)")
     eval_split: float = _f(0.0, "fraction of the training data held out for eval")
-    format: Literal["auto", "instruction", "chat", "text", "classification"] = _f(
+    format: Literal["auto", "instruction", "chat", "prompt_completion", "text", "classification"] = _f(
         "auto", "data format; auto detects it from the first row's keys")
+    columns: dict[str, str] = _f({}, "lorakit field -> column of the data, e.g. {instruction: "
+                                 "question, output: answer} (flag: instruction=question,output=answer)")
     instruction_template: Literal["alpaca", "chat"] = _f(
         "alpaca", "instruction data: the Alpaca prompt, or the tokenizer's chat template")
     completion_only_loss: bool = _f(True, "loss on completion/assistant tokens only")
@@ -260,6 +262,15 @@ def _yaml_value(text: str):
         raise argparse.ArgumentTypeError(f"not valid YAML: {err}") from None
 
 
+def _mapping_value(text: str):
+    """``a=b,c=d`` or a YAML mapping."""
+    if "=" in text and not text.lstrip().startswith("{"):
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        if all(len(p) == 2 for p in pairs):
+            return {k.strip(): v.strip() for k, v in pairs}
+    return _yaml_value(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per config field; only flags given on the command line land in the args."""
     groups = {None: parser.add_argument_group("training settings (YAML keys)"),
@@ -274,6 +285,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kw["choices"] = typing.get_args(hint)
         elif hint in (int, float, str):
             kw.update(type=hint, metavar=name.upper())
+        elif hint == dict[str, str]:
+            kw.update(type=_mapping_value, metavar="K=V,...")
         else:
             kw.update(type=_yaml_value, metavar="YAML")
         groups[section].add_argument(flag, **kw)

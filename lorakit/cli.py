@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": "lorakit.analysis.cli",
     "models": "lorakit.tools_cli",
     "data": "lorakit.train.data_cli",
+    "config": "lorakit.train.convert",
 }
 
 

@@ -44,7 +44,7 @@ def config_from_args(args: argparse.Namespace) -> schema.TrainConfig:
             raise ValueError("--resume takes every setting from RUN_DIR/config.yaml; "
                              "pass no config file or other settings with it")
         path = f"{args.resume}/config.yaml"
-        return schema.from_dict(schema.load_yaml(path), path)
+        return schema.from_dict(schema.load_yaml(path, relative_to_file=False), path)
     values = schema.load_yaml(args.config) if args.config else {}
     source = f"{args.config} + flags" if args.config and flags else (args.config or "flags")
     return schema.from_dict(schema.merge(values, flags), source)

@@ -31,7 +31,7 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ValueError("config: data is required (a data file or a saved datasets directory)")
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
-        if path and not Path(path).exists():
+        if path and not path.startswith("hf:") and not Path(path).exists():
             raise FileNotFoundError(f"{key} not found: {path}")
 
 

@@ -84,7 +84,8 @@ class TrainConfig:
     fast: bool = _f(True, "CPU fast path (lorakit.fast): fused LoRA layers, chunked loss over the "
                     "targets, dense short-sequence attention; one process, LoRA runs only")
     # ---- data ----
-    data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file or saved datasets dir")
+    data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file, saved datasets dir "
+                   "(train split), or hf:org/name[:split] (a Hub data set, local cache first)")
     eval_data: str = _f("", "held-out eval file (instead of eval_split)")
     eval_split: float = _f(0.0, "fraction of the training data held out for eval")
     format: Literal["auto", "instruction", "chat", "prompt_completion", "text", "classification"] = _f(

@@ -78,8 +78,10 @@ def test_unknown_key_in_yaml_file_names_the_file(tmp_path):
 
 
 def test_resume_refuses_other_settings(tmp_path):
-    with pytest.raises(ValueError, match="--resume takes every setting"):
+    with pytest.raises(FileNotFoundError, match="not a lorakit run directory"):
         config_from_args(_parser().parse_args(["train", "--resume", str(tmp_path), "--lr", "1"]))
+    with pytest.raises(ValueError, match="pass no config file with it"):
+        config_from_args(_parser().parse_args(["train", "c.yaml", "--resume", str(tmp_path)]))
 
 
 def test_as_flags_round_trips_through_the_parser():

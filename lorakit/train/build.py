@@ -36,14 +36,28 @@ def check_inputs(cfg: TrainConfig) -> None:
 
 
 def check_run_dir(cfg: TrainConfig) -> list[str]:
-    """The run outputs already in ``cfg.output_dir``; an error unless ``overwrite`` is set."""
+    """The run outputs already in ``cfg.output_dir`` (to be replaced); an error unless
+    ``overwrite`` is set. A run that stopped before its first optimizer step (only its config,
+    an empty metrics file, TensorBoard headers) holds nothing, so it never blocks a re-run."""
     run_dir = Path(cfg.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"output_dir {run_dir} is a file, not a directory")
     taken = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    if taken and not cfg.overwrite:
+    if any(_holds_results(run_dir / name) for name in taken) and not cfg.overwrite:
         raise ValueError(f"output_dir {run_dir} already holds a run ({', '.join(taken)}); resume "
                          f"it with `lorakit train --resume {run_dir}`, choose another output_dir, "
                          "or pass --overwrite")
     return taken
+
+
+def _holds_results(path: Path) -> bool:
+    if path.name in ("config.yaml", "tensorboard"):
+        return False
+    if path.name == "metrics.jsonl":
+        return path.stat().st_size > 0
+    if path.name == "checkpoints":
+        return any(path.iterdir())
+    return True
 
 
 def prepare_run_dir(cfg: TrainConfig, taken: list[str]) -> Path:

@@ -20,7 +20,7 @@ _TEXT_KEYS = ("exact_match", "normalized_exact_match", "accuracy", "macro_f1")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model or an adapter (loss, exact match, accuracy)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name or directory")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name, local directory or Hub id")
     p.add_argument("--adapter", help="PEFT LoRA adapter directory (evaluated next to the base model)")
     p.add_argument("--data", required=True, help="eval data: .jsonl/.json/.csv/.parquet, a saved datasets directory, or hf:org/name[:split]")
     p.add_argument("--split", default=None,

@@ -66,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     if args.dry_run:
-        if not args.json:
-            print(schema.to_yaml(cfg))
-        return data_cli.show(cfg, args)
+        return data_cli.show(cfg, args, header="--- resolved config ---\n" + schema.to_yaml(cfg))
     try:
         train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:

@@ -148,7 +148,15 @@ def _adapter_config(cfg: TrainConfig, model: nn.Module):
             raise ValueError(f"{cfg.model}: no classification head named one of {list(_HEADS)}")
         saved += [head] if head not in saved else []
     return dataclasses.replace(cfg.lora, modules_to_save=saved or None,
-                               task_type=_PEFT_TASK[cfg.task], base_model_name_or_path=cfg.model)
+                               task_type=_PEFT_TASK[cfg.task], base_model_name_or_path=base_model_id(cfg.model))
+
+
+def base_model_id(model: str) -> str:
+    """What other tools load as the base: an embedded model's Hub id (its GGUF holds the Q4_1
+    weights of that model), else the name or directory as given."""
+    from lorakit.models import EMBEDDED_HUB_IDS
+
+    return EMBEDDED_HUB_IDS.get(model, model)
 
 
 def autocast_enabled(cfg: TrainConfig) -> bool:

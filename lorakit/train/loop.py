@@ -329,6 +329,7 @@ def _finish(run: Run, progress: Progress, command: list[str]) -> Path:
             build.write_full_model(model, out, tensors, run.tokenizer)
         else:
             build.write_adapter(model, out, tensors)
+            run.tokenizer.save_pretrained(out)  # tokenizer and chat template beside the adapter
         trainable, total = lorakit.trainable_parameters(model)
         stopped = "completed" if progress.step >= run.total_steps else "early stopping"
         plan_steps = batching.steps_in_epoch(_plan(run.cfg, run.train, progress.epoch),

@@ -29,7 +29,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         if ("default" in text.lower() or action.default in (argparse.SUPPRESS, None)
-                or not action.option_strings or action.nargs == 0 and action.default is False):
+                or not action.option_strings or action.nargs == 0):  # a switch: off unless given
             return text
         return f"{text} (default: %(default)s)"
 

@@ -35,8 +35,8 @@ def test_every_help_shows_every_default():
             assert action.help, (path, action.option_strings)
             start = text.index(" ".join(action.help.split()[:3]))
             shown = text[start:start + len(action.help) + 200]
-            if action.default in (None, argparse.SUPPRESS) or (action.nargs == 0 and action.default is False):
-                continue  # no value to show: optional without default, or an off switch
+            if action.default in (None, argparse.SUPPRESS) or action.nargs == 0:
+                continue  # no value to show: optional without default, or a switch
             assert "default" in shown.lower(), (path, action.option_strings, shown)
 
 

@@ -20,15 +20,18 @@ from lorakit.train.schema import TrainConfig, to_yaml
 
 # Files and folders a run writes; --overwrite removes exactly these, nothing else.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "adapter", "model",
-               "tensorboard")
+               "tensorboard", "wandb", "mlruns")
 _HEADS = ("score", "classifier")  # seq_cls heads of Hugging Face models, trained in full
 _PEFT_TASK = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Settings that name inputs: checked before anything is loaded."""
+    from lorakit.train.trackers import check_trackers
+
     if not cfg.data:
         raise ValueError("config: data is required (a data file or a saved datasets directory)")
+    check_trackers(cfg.report_to)
     for key in ("data", "eval_data"):
         path = getattr(cfg, key)
         if path and not path.startswith("hf:") and not Path(path).exists():
@@ -51,7 +54,7 @@ def check_run_dir(cfg: TrainConfig) -> list[str]:
 
 
 def _holds_results(path: Path) -> bool:
-    if path.name in ("config.yaml", "tensorboard"):
+    if path.name in ("config.yaml", "tensorboard", "wandb", "mlruns"):
         return False
     if path.name == "metrics.jsonl":
         return path.stat().st_size > 0

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from lorakit.fast import enable_fast_training
 from lorakit.train import batching, build, checkpoint, distributed, losses, optim
 from lorakit.train.card import RunSummary, model_card
-from lorakit.train.schema import TrainConfig
+from lorakit.train.schema import TrainConfig, to_dict
 from lorakit.train.tracking import MetricsLog, plot_losses
 
 
@@ -234,7 +234,8 @@ def _evaluate(run: Run) -> float:
 def _loop(run: Run, progress: Progress) -> Progress:
     """Run optimizer steps until done or stopped; the bar and metrics file always close."""
     main = run.world.is_main
-    log = MetricsLog(run.run_dir, progress.step if progress.step else None) if main else None
+    log = MetricsLog(run.run_dir, progress.step if progress.step else None, run.cfg.report_to,
+                     to_dict(run.cfg)) if main else None
     bar = tqdm(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                disable=not (run.cfg.progress and main))
     try:

@@ -2,7 +2,7 @@
 
 A resumed run continues the saved run bit for bit, so it takes every setting from
 ``RUN_DIR/config.yaml``. Settings that only change what is reported or when training stops
-(``RESUMABLE``) may be given as flags; ``max_steps`` only upwards (the learning-rate schedule
+(``RESUMABLE``, trackers included) may be given as flags; ``max_steps`` only upwards (the learning-rate schedule
 is a function of the total, so the remaining steps follow the longer schedule, as Hugging Face
 ``Trainer`` does). Any other setting that differs from the saved one is refused by name.
 """
@@ -16,7 +16,7 @@ from lorakit.train.checkpoint import latest_checkpoint
 from lorakit.train.tracking import read_metrics
 
 RESUMABLE = ("progress", "log_every", "eval_every", "save_every", "keep_last",
-             "early_stopping_patience", "max_steps")
+             "early_stopping_patience", "max_steps", "report_to")
 
 __all__ = ["RESUMABLE", "resume_config"]
 

@@ -120,6 +120,9 @@ class TrainConfig:
     keep_last: int = _f(2, "checkpoints kept on disk")
     log_every: int = _f(1, "write metrics every N steps")
     progress: bool = _f(True, "show a progress bar")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = _f(
+        [], "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (each an "
+            "optional extra; see lorakit.train.trackers)")
     fsdp: bool = _f(False, "under torchrun: shard the model with FSDP instead of DDP")
     # ---- adapter ----
     lora: LoraConfig = field(default_factory=_default_lora, metadata={"help": "LoRA settings"})
@@ -175,6 +178,8 @@ def _describe(hint) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if hint is type(None):
         return "null"
+    if typing.get_origin(hint) is list:
+        return f"a list of ({_describe(typing.get_args(hint)[0])})"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -249,6 +254,8 @@ def _typed(cls, values: dict, where: str, problems: list[str]) -> dict:
             problems.append(f"{where}: unknown key {key!r} ({_suggest(key, known)})")
             continue
         value = yaml_number(value, hints[key])
+        if typing.get_origin(hints[key]) is list and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "a,b" or "a"
         if not _fits(value, hints[key]):
             problems.append(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}")
             continue

@@ -29,11 +29,12 @@ def check_inputs(cfg: TrainConfig) -> None:
     """Settings that name inputs: checked before anything is loaded."""
     from lorakit.train.trackers import check_trackers
 
-    if not cfg.data:
-        raise ValueError("config: data is required (a data file or a saved datasets directory)")
+    if not (cfg.data or cfg.data_mix):
+        raise ValueError("config: data is required (a data file, a saved datasets directory, "
+                         "hf:org/name, or several sources with weights in data_mix)")
     check_trackers(cfg.report_to)
-    for key in ("data", "eval_data"):
-        path = getattr(cfg, key)
+    sources = [("data", cfg.data), ("eval_data", cfg.eval_data)]
+    for key, path in sources + [("data_mix", p) for p in cfg.data_mix]:
         if path and not path.startswith("hf:") and not Path(path).exists():
             raise FileNotFoundError(f"{key} not found: {path}")
 
@@ -82,15 +83,25 @@ def data_kwargs(cfg: TrainConfig) -> dict:
                 skip_bad=cfg.on_bad_row == "skip", columns=cfg.columns)
 
 
+def load_train_source(cfg: TrainConfig, tokenizer, kw: dict) -> TokenizedData:
+    """The training set: ``data``, or the ``data_mix`` sources mixed by weight."""
+    if not cfg.data_mix:
+        return load_data(cfg.data, tokenizer, **kw)
+    from lorakit.train.mix import mix
+
+    return mix([(load_data(src, tokenizer, **kw), w) for src, w in cfg.data_mix.items()], cfg.seed)
+
+
 def load_training_data(cfg: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData | None]:
     """Train and eval data, tokenized and checked (see ``lorakit.train.data``)."""
     kw = data_kwargs(cfg)
-    train = load_data(cfg.data, tokenizer, **kw)
+    train = load_train_source(cfg, tokenizer, kw)
     if (train.fmt == "classification") != (cfg.task == "seq_cls"):
-        raise ValueError(f"{cfg.data}: {train.fmt} data does not fit task {cfg.task!r} "
+        raise ValueError(f"{train.source}: {train.fmt} data does not fit task {cfg.task!r} "
                          "(classification data <-> task seq_cls)")
     if cfg.eval_data:
-        return train, load_data(cfg.eval_data, tokenizer, **{**kw, "fmt": train.fmt},
+        fmt = cfg.format if "+" in train.fmt else train.fmt  # a mix of formats: detect per file
+        return train, load_data(cfg.eval_data, tokenizer, **{**kw, "fmt": fmt},
                                 label_names=train.label_names)
     if cfg.eval_split:
         return split_eval(train, cfg.eval_split, cfg.seed)

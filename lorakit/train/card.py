@@ -85,7 +85,7 @@ def model_card(cfg: TrainConfig, run: RunSummary) -> str:
     lines += [
         f"| trainable parameters | {run.trainable:,} of {run.total:,} "
         f"({100 * run.trainable / max(run.total, 1):.3f}%) |",
-        f"| training data | `{cfg.data}` ({run.n_train} examples, {run.train_tokens:,} tokens, "
+        f"| training data | `{cfg.data or cfg.data_mix}` ({run.n_train} examples, {run.train_tokens:,} tokens, "
         f"format {run.data_format}) |",
         f"| skipped rows | {run.skipped or 0} |",
         f"| eval data | {run.n_eval} examples |",

@@ -86,6 +86,9 @@ class TrainConfig:
     # ---- data ----
     data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file, saved datasets dir "
                    "(train split), or hf:org/name[:split] (a Hub data set, local cache first)")
+    data_mix: dict[str, float] = _f({}, "several training sources with weights, instead of data: "
+                                    "{a.jsonl: 1, hf:org/b: 0.5} (weight w = w x the source's "
+                                    "examples, seeded; flag: a.jsonl=1,b.jsonl=0.5)")
     eval_data: str = _f("", "held-out eval file (instead of eval_split)")
     eval_split: float = _f(0.0, "fraction of the training data held out for eval")
     format: Literal["auto", "instruction", "chat", "prompt_completion", "text", "classification"] = _f(
@@ -137,6 +140,9 @@ def _check(c: TrainConfig) -> None:
         (c.num_labels >= 0, f"num_labels must be >= 0, got {c.num_labels}"),
         (0.0 <= c.eval_split < 1.0, f"eval_split must be in [0, 1), got {c.eval_split}"),
         (not (c.eval_split and c.eval_data), "give eval_split or eval_data, not both"),
+        (not (c.data and c.data_mix), "give data or data_mix, not both"),
+        (all(w > 0 for w in c.data_mix.values()), f"data_mix weights must be > 0, got {c.data_mix}"),
+        (not (c.data_mix and c.task == "seq_cls"), "data_mix applies to causal_lm data only"),
         (c.max_seq_len >= 2, f"max_seq_len must be >= 2, got {c.max_seq_len}"),
         (c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
         (c.max_steps >= 0, f"max_steps must be >= 0, got {c.max_steps}"),
@@ -198,6 +204,10 @@ def _fits(value, hint) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is type(None):
         return value is None
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(_fits(k, key_hint) and _fits(v, value_hint)
+                                               for k, v in value.items())
     return isinstance(value, origin or hint)
 
 
@@ -254,6 +264,8 @@ def _typed(cls, values: dict, where: str, problems: list[str]) -> dict:
             problems.append(f"{where}: unknown key {key!r} ({_suggest(key, known)})")
             continue
         value = yaml_number(value, hints[key])
+        if hints[key] == dict[str, float] and isinstance(value, dict):
+            value = {k: yaml_number(v, float) for k, v in value.items()}
         if typing.get_origin(hints[key]) is list and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]  # "a,b" or "a"
         if not _fits(value, hints[key]):
@@ -335,6 +347,9 @@ def _resolve_paths(values: dict, base: Path) -> dict:
         value = out.get(key)
         if isinstance(value, str) and value and not value.startswith("hf:"):
             out[key] = _join(base, value)
+    if isinstance(out.get("data_mix"), dict):
+        out["data_mix"] = {(k if k.startswith("hf:") else _join(base, k)): w
+                           for k, w in out["data_mix"].items()}
     model = out.get("model")
     if isinstance(model, str) and (model.startswith(".") or (base / model).is_dir()):
         out["model"] = _join(base, model)
@@ -400,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kw["choices"] = typing.get_args(hint)
         elif hint in (int, float, str):
             kw.update(type=hint, metavar=name.upper())
-        elif hint == dict[str, str]:
+        elif hint in (dict[str, str], dict[str, float]):
             kw.update(type=_mapping_value, metavar="K=V,...")
         else:
             kw.update(type=_yaml_value, metavar="YAML")

@@ -167,3 +167,11 @@ def test_convert_llamafactory_reads_dataset_info(tmp_path, tiny_model_dir):
     values = yaml.safe_load(text)
     assert (values["data"], values["format"], values["columns"]) == ("data/chat.json", "chat", {"system": "sys"})
     assert (values["epochs"], values["full"], values["lora"]["target_modules"]) == (2, False, "all-linear")
+
+
+def test_convert_axolotl_hub_dataset_becomes_hf_source(tmp_path):
+    source = tmp_path / "a.yaml"
+    source.write_text("base_model: org/model\ndatasets:\n  - path: tatsu-lab/alpaca\n    type: alpaca\n"
+                      "    split: validation\n")
+    text, unknown = convert_file(source, None)
+    assert yaml.safe_load(text)["data"] == "hf:tatsu-lab/alpaca:validation" and not unknown

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,7 +41,13 @@ def _axolotl_dataset(entries, base: Path, unknown: dict[str, str]) -> dict:
     if len(entries) > 1:
         unknown["datasets[1:]"] = f"{len(entries) - 1} more data sets: lorakit trains on one file"
     entry = entries[0]
-    out: dict = {"data": _path(entry.get("path", ""), base)}
+    path = _path(str(entry.get("path", "")), base)
+    split = entry.get("split", "train")
+    if not Path(path).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        path = f"hf:{path}" + (f":{split}" if split != "train" else "")  # a Hub data set
+    elif split != "train":
+        unknown["datasets[0].split"] = f"split {split!r}: lorakit reads the train split"
+    out: dict = {"data": path}
     kind = entry.get("type")
     if isinstance(kind, str) and kind in AXOLOTL_TYPES:
         out["format"] = AXOLOTL_TYPES[kind]
@@ -57,8 +64,6 @@ def _axolotl_dataset(entries, base: Path, unknown: dict[str, str]) -> dict:
             columns[target] = source
     if columns:
         out["columns"] = columns
-    if entry.get("split", "train") != "train":
-        unknown["datasets[0].split"] = f"split {entry['split']!r}: lorakit reads the train split"
     if entry.get("roles_to_train", ["assistant"]) != ["assistant"]:
         unknown["datasets[0].roles_to_train"] = ("lorakit trains assistant turns; mark other "
                                                  "turns with train: true in the data")

@@ -22,8 +22,9 @@ __all__ = ["RESUMABLE", "resume_config"]
 
 
 def _finished_step(run_dir: Path) -> int | None:
-    """The step a finished run ended at (its final adapter/model and card exist), else None."""
-    if not any((run_dir / d / "README.md").exists() for d in ("adapter", "model")):
+    """The step a finished run ended at (its final weights and card exist), else None."""
+    if not any((run_dir / d / "README.md").exists() and any((run_dir / d).glob("*.safetensors"))
+               for d in ("adapter", "model")):
         return None
     steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     return max(steps, default=0)

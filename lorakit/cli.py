@@ -22,14 +22,38 @@ COMMANDS = {
     "inspect": "lorakit.analysis.cli",
     "models": "lorakit.tools_cli",
     "data": "lorakit.train.data_cli",
+    "config": "lorakit.train.convert",
     "ui": "lorakit.ui.cli",
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written; every option's help ends with its default (unless it says it)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text.lower() or action.default in (argparse.SUPPRESS, None)
+                or not action.option_strings or action.nargs == 0):  # a switch: off unless given
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _with_formatter(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every subcommand parser below it ``HelpFormatter``."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _with_formatter(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from lorakit import __version__
+
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA fine-tuning toolkit",
                                      epilog="Bad input ends in one line 'lorakit COMMAND: error: ...' "
                                             "and exit code 2; LORAKIT_TRACEBACK=1 shows the traceback.")
+    parser.add_argument("--version", action="version", version=f"lorakit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered = set()
     for name, module_name in COMMANDS.items():
@@ -42,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         if module_name not in registered:
             module.add_parser(sub)
             registered.add(module_name)
+    _with_formatter(parser)
     return parser
 
 

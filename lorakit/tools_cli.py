@@ -10,10 +10,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="merge an adapter into its base model and save the result",
                        description="Load MODEL, apply the PEFT adapter ADAPTER, merge it into the "
                                    "weights and save a plain Hugging Face model directory to OUT.")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="base model (embedded name or directory)")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name, local directory or Hub id (default: %(default)s)")
     p.add_argument("--adapter", required=True, help="PEFT adapter directory")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype the merged model is computed and saved in")
     p.set_defaults(func=_merge)
 
     m = sub.add_parser("models", help="list the embedded models and whether they are converted")

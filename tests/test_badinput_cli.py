@@ -198,7 +198,7 @@ CASES = {
     "train-data-missing": (["train", *M, "--data", "{R}/nothing.jsonl", "--output-dir", "{T}/run"],
                            r"data not found: .*nothing.jsonl"),
     "train-config-missing": (["train", "{R}/nothing.yaml"], r"config file not found: .*nothing.yaml"),
-    "train-resume-missing": (["train", "--resume", "{R}/nothing"], r"nothing/config.yaml"),
+    "train-resume-missing": (["train", "--resume", "{R}/nothing"], r"nothing: not a lorakit run directory \(no config.yaml\)"),
     # the dispatcher
     "unknown-command": (["fly"], r"argument COMMAND: invalid choice: 'fly'"),
 }

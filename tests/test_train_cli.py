@@ -19,7 +19,7 @@ def test_train_from_yaml_then_resume(make_config, tmp_path, capsys):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["max_steps"] == 3
     card = (run_dir / "adapter" / "README.md").read_text()
     assert "--max-steps 3" in card
-    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert main(["train", "--resume", str(run_dir), "--max-steps", "4"]) == 0
     assert "resumed from" in capsys.readouterr().out
 
 
@@ -45,4 +45,6 @@ def test_resume_without_checkpoint_is_clear(make_config, tmp_path, capsys):
     path.write_text(yaml.safe_dump(to_dict(cfg)))
     assert main(["train", str(path)]) == 0
     assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert "already finished at step 1" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "run"), "--max-steps", "2"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err

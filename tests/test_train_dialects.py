@@ -136,6 +136,9 @@ def test_unknown_roles_and_unsupported_fields_are_refused(tmp_path, tokenizer):
         _load(tmp_path, tokenizer, [{"conversations": [{"from": "robot", "value": "x"}]}])
     with pytest.raises(ValueError, match=r"field 'tools' \(tool definitions\) is not supported"):
         _load(tmp_path, tokenizer, [{"messages": USER_ASSISTANT, "tools": [{"name": "f"}]}])
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "1", "type": "function"}]}
+    with pytest.raises(ValueError, match=r"messages\[1\]: field 'tool_calls' \(tool calls\) is not supported"):
+        _load(tmp_path, tokenizer, [{"messages": [USER_ASSISTANT[0], call]}])
 
 
 def test_column_mapping(tmp_path, tokenizer):

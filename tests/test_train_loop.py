@@ -30,7 +30,8 @@ def test_loss_decreases_and_outputs_are_written(make_config):
     assert sum(losses[-3:]) / 3 < 0.2 * sum(losses[:3]) / 3, losses
     evals = [r["eval_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "eval_loss" in r]
     assert evals[-1] < evals[0]
-    assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md",
+                                               "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
     card = (out / "README.md").read_text()
     for needle in (str(cfg.model), "| rank r / lora_alpha | 8 / 16", "38 examples", "final train loss"):
         assert needle in card

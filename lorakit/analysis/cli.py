@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("adapter", help="PEFT LoRA adapter directory")
     p.add_argument("--vs", metavar="OTHER", help="second adapter (same base) to compare subspaces with")
-    p.add_argument("--base", metavar="MODEL", help="base model (embedded name or directory) for amplification")
+    p.add_argument("--base", metavar="MODEL", help="base model (embedded name, local directory or Hub id) for amplification")
     p.add_argument("--subject", choices=SUBJECTS, default="A",
                    help="subspace compared with --vs: A's row space (the paper), or dW's input/output space")
     p.add_argument("--out", default="inspect", help="directory for inspect.json and the heatmap (default: ./inspect)")

@@ -22,9 +22,12 @@ _TEXT_KEYS = ("exact_match", "normalized_exact_match", "accuracy", "macro_f1")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model or an adapter (loss, exact match, accuracy)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name or directory")
+    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name, local directory or Hub id")
     p.add_argument("--adapter", help="PEFT LoRA adapter directory (evaluated next to the base model)")
-    p.add_argument("--data", required=True, help="eval data file (.jsonl/.json/.csv/.parquet)")
+    p.add_argument("--data", required=True, help="eval data: .jsonl/.json/.csv/.parquet, a saved datasets directory, or hf:org/name[:split]")
+    p.add_argument("--split", default=None,
+                   help="split of a saved datasets directory or hf:org/name source with several "
+                        "splits (default: its only split; several splits need this flag)")
     p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
                    help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
     p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "prompt_completion", "text",
@@ -60,7 +63,8 @@ def load_for_eval(args):
     tokenizer = load_tokenizer(args.model)
     label_names = args.label_names.split(",") if args.label_names else None
     evalset = load_eval_set(args.data, tokenizer, fmt=args.format, template=args.instruction_template,
-                            max_seq_len=args.max_seq_len, label_names=label_names, limit=args.limit)
+                            max_seq_len=args.max_seq_len, label_names=label_names, limit=args.limit,
+                            split=args.split)
     if (args.task == "seq_cls") != (evalset.labels is not None):
         raise ValueError(f"{args.data}: {evalset.data.fmt} data does not fit --task {args.task}")
     num_labels = len(evalset.data.label_names) if evalset.data.label_names else None

@@ -53,13 +53,14 @@ def reference_text(record: dict, fmt: str, where: str) -> str:
 
 def load_eval_set(path: str, tokenizer, *, fmt: str = "auto", template: str = "alpaca",
                   max_seq_len: int = 2048, label_names: list[str] | None = None,
-                  limit: int = 0) -> EvalSet:
-    """Read and tokenize an eval file (the first ``limit`` usable rows when ``limit > 0``)."""
+                  limit: int = 0, split: str | None = None) -> EvalSet:
+    """Read and tokenize an eval file (the first ``limit`` usable rows when ``limit > 0``);
+    a source with several splits needs ``split``."""
     data = load_data(path, tokenizer, fmt=fmt, template=template, completion_only=True,
-                     max_seq_len=max_seq_len, label_names=label_names)
+                     max_seq_len=max_seq_len, label_names=label_names, split=split)
     if limit > 0:
         data.examples = data.examples[:limit]
-    records = {row.where: row.record for row in read_rows(path)}
+    records = {row.where: row.record for row in read_rows(path, split)}
     if data.fmt == "classification":
         return EvalSet(data, texts=[records[e.where]["text"] for e in data.examples],
                        labels=[int(e.labels) for e in data.examples])

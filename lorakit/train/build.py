@@ -21,31 +21,49 @@ from lorakit.train.schema import TrainConfig, to_yaml
 
 # Files and folders a run writes; --overwrite removes exactly these, nothing else.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "adapter", "model",
-               "tensorboard")
+               "tensorboard", "wandb", "mlruns")
 _HEADS = ("score", "classifier")  # seq_cls heads of Hugging Face models, trained in full
 _PEFT_TASK = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 
 
 def check_inputs(cfg: TrainConfig) -> None:
     """Settings that name inputs: checked before anything is loaded."""
-    if not cfg.data:
-        raise ValueError("config: data is required (a data file or a saved datasets directory)")
-    for key in ("data", "eval_data"):
-        path = getattr(cfg, key)
-        if path and not Path(path).exists():
+    from lorakit.train.trackers import check_trackers
+
+    if not (cfg.data or cfg.data_mix):
+        raise ValueError("config: data is required (a data file, a saved datasets directory, "
+                         "hf:org/name, or several sources with weights in data_mix)")
+    check_trackers(cfg.report_to)
+    sources = [("data", cfg.data), ("eval_data", cfg.eval_data)]
+    for key, path in sources + [("data_mix", p) for p in cfg.data_mix]:
+        if path and not path.startswith("hf:") and not Path(path).exists():
             raise FileNotFoundError(f"{key} not found: {path}")
     check_output_dir(cfg.output_dir, "output_dir")
 
 
 def check_run_dir(cfg: TrainConfig) -> list[str]:
-    """The run outputs already in ``cfg.output_dir``; an error unless ``overwrite`` is set."""
+    """The run outputs already in ``cfg.output_dir`` (to be replaced); an error unless
+    ``overwrite`` is set. A run that stopped before its first optimizer step (only its config,
+    an empty metrics file, TensorBoard headers) holds nothing, so it never blocks a re-run."""
     run_dir = Path(cfg.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"output_dir {run_dir} is a file, not a directory")
     taken = [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
-    if taken and not cfg.overwrite:
+    if any(_holds_results(run_dir / name) for name in taken) and not cfg.overwrite:
         raise ValueError(f"output_dir {run_dir} already holds a run ({', '.join(taken)}); resume "
                          f"it with `lorakit train --resume {run_dir}`, choose another output_dir, "
                          "or pass --overwrite")
     return taken
+
+
+def _holds_results(path: Path) -> bool:
+    if path.name in ("config.yaml", "tensorboard", "wandb", "mlruns"):
+        return False
+    if path.name == "metrics.jsonl":
+        return path.stat().st_size > 0
+    if path.name == "checkpoints":
+        return any(path.iterdir())
+    return True
 
 
 def prepare_run_dir(cfg: TrainConfig, taken: list[str]) -> Path:
@@ -67,15 +85,25 @@ def data_kwargs(cfg: TrainConfig) -> dict:
                 skip_bad=cfg.on_bad_row == "skip", columns=cfg.columns)
 
 
+def load_train_source(cfg: TrainConfig, tokenizer, kw: dict) -> TokenizedData:
+    """The training set: ``data``, or the ``data_mix`` sources mixed by weight."""
+    if not cfg.data_mix:
+        return load_data(cfg.data, tokenizer, **kw)
+    from lorakit.train.mix import mix
+
+    return mix([(load_data(src, tokenizer, **kw), w) for src, w in cfg.data_mix.items()], cfg.seed)
+
+
 def load_training_data(cfg: TrainConfig, tokenizer) -> tuple[TokenizedData, TokenizedData | None]:
     """Train and eval data, tokenized and checked (see ``lorakit.train.data``)."""
     kw = data_kwargs(cfg)
-    train = load_data(cfg.data, tokenizer, **kw)
+    train = load_train_source(cfg, tokenizer, kw)
     if (train.fmt == "classification") != (cfg.task == "seq_cls"):
-        raise ValueError(f"{cfg.data}: {train.fmt} data does not fit task {cfg.task!r} "
+        raise ValueError(f"{train.source}: {train.fmt} data does not fit task {cfg.task!r} "
                          "(classification data <-> task seq_cls)")
     if cfg.eval_data:
-        return train, load_data(cfg.eval_data, tokenizer, **{**kw, "fmt": train.fmt},
+        fmt = cfg.format if "+" in train.fmt else train.fmt  # a mix of formats: detect per file
+        return train, load_data(cfg.eval_data, tokenizer, **{**kw, "fmt": fmt},
                                 label_names=train.label_names)
     if cfg.eval_split:
         return split_eval(train, cfg.eval_split, cfg.seed)
@@ -136,7 +164,15 @@ def _adapter_config(cfg: TrainConfig, model: nn.Module):
             raise ValueError(f"{cfg.model}: no classification head named one of {list(_HEADS)}")
         saved += [head] if head not in saved else []
     return dataclasses.replace(cfg.lora, modules_to_save=saved or None,
-                               task_type=_PEFT_TASK[cfg.task], base_model_name_or_path=cfg.model)
+                               task_type=_PEFT_TASK[cfg.task], base_model_name_or_path=base_model_id(cfg.model))
+
+
+def base_model_id(model: str) -> str:
+    """What other tools load as the base: an embedded model's Hub id (its GGUF holds the Q4_1
+    weights of that model), else the name or directory as given."""
+    from lorakit.models import EMBEDDED_HUB_IDS
+
+    return EMBEDDED_HUB_IDS.get(model, model)
 
 
 def autocast_enabled(cfg: TrainConfig) -> bool:

@@ -25,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("config", nargs="?", help="YAML config file (keys = the flags below)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its newest checkpoint, with the "
-                             "config saved there")
+                             "config saved there; flags may change only progress, log_every, "
+                             "eval_every, save_every, keep_last, early_stopping_patience and "
+                             "max_steps (upwards)")
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve the config, tokenize all data and show the first examples "
                              "as the model sees them (see `lorakit data preview`); loads only "
@@ -40,11 +42,12 @@ def config_from_args(args: argparse.Namespace) -> schema.TrainConfig:
     """The resolved config: the run's saved config (resume), else file < flags."""
     flags = schema.flag_values(args)
     if args.resume:
-        if args.config or flags:
-            raise ValueError("--resume takes every setting from RUN_DIR/config.yaml; "
-                             "pass no config file or other settings with it")
-        path = f"{args.resume}/config.yaml"
-        return schema.from_dict(schema.load_yaml(path), path)
+        if args.config:
+            raise ValueError("--resume takes its settings from RUN_DIR/config.yaml; pass no "
+                             "config file with it")
+        from lorakit.train.resume import resume_config
+
+        return resume_config(args.resume, flags)
     values = schema.load_yaml(args.config) if args.config else {}
     source = f"{args.config} + flags" if args.config and flags else (args.config or "flags")
     return schema.from_dict(schema.merge(values, flags), source)
@@ -63,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     if args.dry_run:
-        if not args.json:
-            print(schema.to_yaml(cfg))
-        return data_cli.show(cfg, args)
+        return data_cli.show(cfg, args, header="--- resolved config ---\n" + schema.to_yaml(cfg))
     try:
         train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:

@@ -33,11 +33,13 @@ class TokenizedData:
 def load_data(path: str, tokenizer, *, fmt: str = "auto", template: str = "alpaca",
               completion_only: bool = True, max_seq_len: int = 1024, skip_bad: bool = False,
               label_names: list[str] | None = None,
-              columns: dict[str, str] | None = None) -> TokenizedData:
+              columns: dict[str, str] | None = None,
+              split: str | None = "train") -> TokenizedData:
     """Read and tokenize ``path``. ``label_names`` fixes the class ids of string labels (pass
     the training set's names when loading its eval file); ``columns`` renames a data set's
-    columns to lorakit's field names (``dialects.map_columns``)."""
-    rows = read_rows(path)
+    columns to lorakit's field names (``dialects.map_columns``); ``split`` picks the split of a
+    source that has several (``readers.read_rows``)."""
+    rows = read_rows(path, split)
     columns = columns or {}
     dialects.check_columns(columns)
     if fmt == "auto":

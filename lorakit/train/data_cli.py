@@ -42,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def show(cfg: schema.TrainConfig, args: argparse.Namespace) -> int:
-    """Print the preview of ``cfg`` as ``args`` asks; exit code 1 if training would stop."""
+def show(cfg: schema.TrainConfig, args: argparse.Namespace, header: str = "") -> int:
+    """Print the preview of ``cfg`` as ``args`` asks (text output after ``header``); exit code
+    1 if training would stop."""
     from lorakit.train.preview import format_preview, preview
 
     if args.num_examples < 0:
@@ -53,7 +54,7 @@ def show(cfg: schema.TrainConfig, args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-        print(format_preview(result, color))
+        print(header + format_preview(result, color))
     return 1 if result["stats"]["would_stop"] else 0
 
 

@@ -85,9 +85,17 @@ def _train_flag(turn: dict, at: str) -> bool | None:
     return flag
 
 
+_TURN_UNSUPPORTED = ("tool_calls", "function_call")
+
+
 def _turn(turn, at: str) -> dict:
     if not isinstance(turn, dict):
         raise RowError(at, f"expected an object, got {type(turn).__name__}", "wrong type")
+    for key in _TURN_UNSUPPORTED:
+        if turn.get(key):
+            raise RowError(at, f"field {key!r} (tool calls) is not supported by lorakit train; "
+                           "remove the turn, or the row would be trained without it",
+                           "unsupported field")
     if "role" in turn or "content" in turn:
         role = field_value(turn, "role", at)
         if role not in ROLES:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from lorakit.fast import enable_fast_training
 from lorakit.train import batching, build, checkpoint, control, distributed, losses, optim
 from lorakit.train.card import RunSummary, model_card
-from lorakit.train.schema import TrainConfig
+from lorakit.train.schema import TrainConfig, to_dict
 from lorakit.train.tracking import MetricsLog, plot_losses
 
 
@@ -242,7 +242,8 @@ def _evaluate(run: Run) -> float:
 def _loop(run: Run, progress: Progress) -> Progress:
     """Run optimizer steps until done or stopped; the bar and metrics file always close."""
     main = run.world.is_main
-    log = MetricsLog(run.run_dir, progress.step if progress.step else None) if main else None
+    log = MetricsLog(run.run_dir, progress.step if progress.step else None, run.cfg.report_to,
+                     to_dict(run.cfg)) if main else None
     bar = tqdm(total=run.total_steps, initial=progress.step, unit="step", dynamic_ncols=True,
                disable=not (run.cfg.progress and main))
     try:
@@ -351,6 +352,7 @@ def _finish(run: Run, progress: Progress, command: list[str]) -> Path:
             build.write_full_model(model, out, tensors, run.tokenizer)
         else:
             build.write_adapter(model, out, tensors)
+            run.tokenizer.save_pretrained(out)  # tokenizer and chat template beside the adapter
         trainable, total = lorakit.trainable_parameters(model)
         stopped = "completed" if progress.step >= run.total_steps else "early stopping"
         plan_steps = batching.steps_in_epoch(_plan(run.cfg, run.train, progress.epoch),

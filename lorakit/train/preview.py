@@ -86,12 +86,11 @@ def preview(cfg: TrainConfig, n: int = 5) -> dict:
     """The first ``n`` training examples as the model sees them, and statistics of all rows."""
     from lorakit.models import load_tokenizer
     from lorakit.train import build
-    from lorakit.train.data import load_data
 
     build.check_inputs(cfg)
     tokenizer = load_tokenizer(cfg.model)
     counting = dataclasses.replace(cfg, on_bad_row="skip")
-    data = load_data(cfg.data, tokenizer, **build.data_kwargs(counting))
+    data = build.load_train_source(counting, tokenizer, build.data_kwargs(counting))
     n_rows = len(data.examples) + sum(data.skipped.values())
     examples = []
     for e in data.examples[:n]:

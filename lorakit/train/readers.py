@@ -1,9 +1,13 @@
 """Read training data files into rows that remember where they came from.
 
 Supported: ``.jsonl`` (one JSON object per line), ``.json`` (an array of objects, or JSON
-lines), ``.csv`` (header row), ``.parquet``, and a directory written by ``datasets``'
-``save_to_disk`` (a ``DatasetDict`` must have a ``train`` split). Every row carries ``where``
-(``file:line`` for text formats, ``file row N`` otherwise) so later errors can point at it.
+lines), ``.csv`` (header row), ``.parquet``, a directory written by ``datasets``'
+``save_to_disk``, and a Hugging Face Hub data set by name, ``hf:org/name`` or
+``hf:org/name:split`` (read with ``datasets`` from the local Hub cache first, so it works
+offline once downloaded; online otherwise, unless ``HF_HUB_OFFLINE=1``). A source with
+several splits is read at ``split`` (``"train"`` by default; ``None`` accepts a source with
+exactly one split and otherwise asks for one). Every row carries ``where`` (``file:line`` for
+text formats, ``file row N`` otherwise) so later errors can point at it.
 """
 
 from __future__ import annotations
@@ -23,13 +27,18 @@ class Row:
     record: dict
 
 
-def read_rows(path: str | Path) -> list[Row]:
-    """All rows of a data file or saved ``datasets`` directory; an empty source is an error."""
+def read_rows(path: str | Path, split: str | None = "train") -> list[Row]:
+    """All rows of a data source (module docstring); an empty source is an error."""
+    if str(path).startswith(HUB_PREFIX):
+        rows = _read_hub(str(path), split)
+        if not rows:
+            raise ValueError(f"{path}: no rows (empty split)")
+        return rows
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data not found: {path}")
     if path.is_dir():
-        rows = _read_datasets_dir(path)
+        rows = _read_datasets_dir(path, split)
     elif path.suffix == ".jsonl":
         rows = _read_json_lines(path, read_text(path))
     elif path.suffix == ".json":
@@ -110,15 +119,62 @@ def _read_parquet(path: Path) -> list[Row]:
     return [Row(f"{path} row {i}", r) for i, r in enumerate(table.to_pylist())]
 
 
-def _read_datasets_dir(path: Path) -> list[Row]:
-    from datasets import DatasetDict, load_from_disk
+def _read_datasets_dir(path: Path, split: str | None) -> list[Row]:
+    from datasets import load_from_disk
 
     try:
         data = load_from_disk(str(path))
     except FileNotFoundError:
         raise ValueError(f"{path}: a directory, but not one written by datasets' save_to_disk") from None
-    if isinstance(data, DatasetDict):
-        if "train" not in data:
-            raise ValueError(f"{path}: a DatasetDict without a 'train' split; splits: {list(data)}")
-        data = data["train"]
-    return [Row(f"{path} row {i}", r) for i, r in enumerate(data)]
+    data, name = choose_split(data, split, str(path))
+    where = f"{path}[{name}]" if name else str(path)
+    return [Row(f"{where} row {i}", r) for i, r in enumerate(data)]
+
+
+def choose_split(data, split: str | None, source: str):
+    """(the split of a ``Dataset``/``DatasetDict`` to read, its name or None)."""
+    from datasets import DatasetDict
+
+    if not isinstance(data, DatasetDict):
+        return data, None
+    names = list(data)
+    if split is None and len(names) == 1:
+        split = names[0]
+    if split is None:
+        raise ValueError(f"{source}: has splits {names}; choose one (--split NAME)")
+    if split not in data:
+        raise ValueError(f"{source}: no split {split!r}; splits: {names}")
+    return data[split], split
+
+
+HUB_PREFIX = "hf:"
+
+
+def parse_hub(spec: str) -> tuple[str, str | None]:
+    """``hf:org/name[:split]`` -> (repo id, split or None)."""
+    body = spec[len(HUB_PREFIX):]
+    repo, _, split = body.partition(":")
+    if not repo or repo.count("/") > 1 or not all(repo.split("/")):
+        raise ValueError(f"{spec}: expected hf:org/name or hf:org/name:split")
+    return repo, split or None
+
+
+def _read_hub(spec: str, split: str | None) -> list[Row]:
+    import datasets
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    repo, named = parse_hub(spec)
+    if named and split not in (None, "train", named):
+        raise ValueError(f"{spec}: names split {named!r}, but split {split!r} was asked for")
+    split = named or split
+    try:  # the local Hub cache first: no network, no retries
+        source = snapshot_download(repo, repo_type="dataset", local_files_only=True)
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(f"{spec}: data set {repo!r} is not in the local Hub cache "
+                                    f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set") from None
+        source = repo
+    data = datasets.load_dataset(source)
+    data, name = choose_split(data, split, spec)
+    return [Row(f"{HUB_PREFIX}{repo}[{name or 'train'}] row {i}", r) for i, r in enumerate(data)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,8 @@ import yaml
 
 from lorakit.config import LoraConfig
 from lorakit.models import DEFAULT_MODEL
+from lorakit.train import peer_config
+from lorakit.train.readers import read_text
 
 # LoraConfig fields the trainer sets itself (bookkeeping written into adapter_config.json).
 _LORA_INTERNAL = ("task_type", "base_model_name_or_path", "inference_mode", "peft_type")
@@ -80,7 +84,11 @@ class TrainConfig:
     fast: bool = _f(True, "CPU fast path (lorakit.fast): fused LoRA layers, chunked loss over the "
                     "targets, dense short-sequence attention; one process, LoRA runs only")
     # ---- data ----
-    data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file or saved datasets dir")
+    data: str = _f("", "training data: .jsonl/.json/.csv/.parquet file, saved datasets dir "
+                   "(train split), or hf:org/name[:split] (a Hub data set, local cache first)")
+    data_mix: dict[str, float] = _f({}, "several training sources with weights, instead of data: "
+                                    "{a.jsonl: 1, hf:org/b: 0.5} (weight w = w x the source's "
+                                    "examples, seeded; flag: a.jsonl=1,b.jsonl=0.5)")
     eval_data: str = _f("", "held-out eval file (instead of eval_split)")
     eval_split: float = _f(0.0, "fraction of the training data held out for eval")
     format: Literal["auto", "instruction", "chat", "prompt_completion", "text", "classification"] = _f(
@@ -115,6 +123,9 @@ class TrainConfig:
     keep_last: int = _f(2, "checkpoints kept on disk")
     log_every: int = _f(1, "write metrics every N steps")
     progress: bool = _f(True, "show a progress bar")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = _f(
+        [], "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (each an "
+            "optional extra; see lorakit.train.trackers)")
     fsdp: bool = _f(False, "under torchrun: shard the model with FSDP instead of DDP")
     # ---- adapter ----
     lora: LoraConfig = field(default_factory=_default_lora, metadata={"help": "LoRA settings"})
@@ -129,6 +140,9 @@ def _check(c: TrainConfig) -> None:
         (c.num_labels >= 0, f"num_labels must be >= 0, got {c.num_labels}"),
         (0.0 <= c.eval_split < 1.0, f"eval_split must be in [0, 1), got {c.eval_split}"),
         (not (c.eval_split and c.eval_data), "give eval_split or eval_data, not both"),
+        (not (c.data and c.data_mix), "give data or data_mix, not both"),
+        (all(w > 0 for w in c.data_mix.values()), f"data_mix weights must be > 0, got {c.data_mix}"),
+        (not (c.data_mix and c.task == "seq_cls"), "data_mix applies to causal_lm data only"),
         (c.max_seq_len >= 2, f"max_seq_len must be >= 2, got {c.max_seq_len}"),
         (c.epochs >= 1, f"epochs must be >= 1, got {c.epochs}"),
         (c.max_steps >= 0, f"max_steps must be >= 0, got {c.max_steps}"),
@@ -170,6 +184,8 @@ def _describe(hint) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint))
     if hint is type(None):
         return "null"
+    if typing.get_origin(hint) is list:
+        return f"a list of ({_describe(typing.get_args(hint)[0])})"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -188,31 +204,114 @@ def _fits(value, hint) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is type(None):
         return value is None
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return isinstance(value, dict) and all(_fits(k, key_hint) and _fits(v, value_hint)
+                                               for k, v in value.items())
     return isinstance(value, origin or hint)
 
 
-def _typed(cls, values: dict, where: str) -> dict:
-    """Check ``values`` against ``cls``'s fields: unknown keys and wrong types raise."""
+def yaml_number(value, hint):
+    """A number as a person writes it in YAML: PyYAML reads ``1e-3`` (no dot) and ``1_000``
+    as strings; integral floats (``1e3``, ``2.0``) are ints where an int is asked for."""
+    if hint not in (int, float) or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if hint is float else _integer(value.strip())
+        except ValueError:
+            return value
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _integer(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+_SYNONYMS = {"rank": "r", "alpha": "lora_alpha", "dropout": "lora_dropout",
+             "target": "target_modules", "targets": "target_modules", "steps": "max_steps",
+             "learning-rate": "lr", "batch": "batch_size", "model_name": "model"}
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    """The lorakit key a mistyped or foreign key most likely means (difflib over the known
+    keys, the peers' aliases and a few synonyms)."""
+    if key in peer_config.NO_EQUIVALENT:
+        return f"no lorakit equivalent: {peer_config.NO_EQUIVALENT[key]}"
+    meaning = {k: k for k in known}
+    meaning.update({k: t.rpartition(".")[2] for k, (t, _, _) in peer_config.ALIASES.items()
+                    if t.rpartition(".")[2] in known})
+    meaning.update({k: t for k, t in _SYNONYMS.items() if t in known})
+    close = difflib.get_close_matches(key, list(meaning), n=1, cutoff=0.6)
+    if key in meaning:
+        close = [key]
+    return f"did you mean {meaning[close[0]]!r}?" if close else "no similar key"
+
+
+def _typed(cls, values: dict, where: str, problems: list[str]) -> dict:
+    """``values`` checked against ``cls``'s fields; unknown keys and wrong types are appended
+    to ``problems`` (one line each), so every problem of a file is reported at once."""
     hints = _hints(cls)
     known = [f.name for f in dataclasses.fields(cls) if f.name not in _LORA_INTERNAL]
+    out = {}
     for key, value in values.items():
         if key not in known:
-            raise ValueError(f"{where}: unknown key {key!r}; known keys: {', '.join(known)}")
+            problems.append(f"{where}: unknown key {key!r} ({_suggest(key, known)})")
+            continue
+        value = yaml_number(value, hints[key])
+        if hints[key] == dict[str, float] and isinstance(value, dict):
+            value = {k: yaml_number(v, float) for k, v in value.items()}
+        if typing.get_origin(hints[key]) is list and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # "a,b" or "a"
         if not _fits(value, hints[key]):
-            raise ValueError(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}")
-    return {k: float(v) if hints[k] is float else v for k, v in values.items()}
+            problems.append(f"{where}: {key} must be {_describe(hints[key])}, got {value!r}")
+            continue
+        out[key] = float(value) if hints[key] is float else value
+    return out
+
+
+def _lora_bookkeeping(lora: dict, task: str, where: str, problems: list[str]) -> dict:
+    """PEFT's own ``task_type`` / ``peft_type`` in a ``lora:`` block: accepted when they agree
+    with the run (``CAUSAL_LM`` for causal_lm, ``SEQ_CLS`` for seq_cls; ``LORA``)."""
+    lora = dict(lora)
+    task_type = lora.pop("task_type", None)
+    expected = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}.get(task)
+    if task_type is not None and str(task_type).upper() != expected:
+        problems.append(f"{where}: task_type {task_type!r} does not fit task {task!r} "
+                        f"(use {expected}, or set task)")
+    peft_type = lora.pop("peft_type", None)
+    if peft_type is not None and str(peft_type).upper() != "LORA":
+        problems.append(f"{where}: peft_type {peft_type!r}: lorakit train trains LORA adapters")
+    return lora
 
 
 def from_dict(values: dict, source: str = "config") -> TrainConfig:
-    """Build a ``TrainConfig`` from a YAML-shaped dict (``lora`` nested); errors name ``source``."""
+    """Build a ``TrainConfig`` from a YAML-shaped dict (``lora`` nested); errors name ``source``.
+
+    Peer keys with a lorakit equivalent (``peer_config.ALIASES``) are accepted; every unknown
+    key and wrong type is reported in one error, one line each, with a suggestion."""
     if not isinstance(values, dict):
         raise ValueError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
-    values = dict(values)
+    try:
+        values, _, _ = peer_config.translate(values)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     lora_values = values.pop("lora", None) or {}
     if not isinstance(lora_values, dict):
         raise ValueError(f"{source}: lora must be a mapping of LoRA settings")
-    top = _typed(TrainConfig, values, source)
-    lora = _typed(LoraConfig, lora_values, f"{source}: lora")
+    problems: list[str] = []
+    top = _typed(TrainConfig, values, source, problems)
+    lora_values = _lora_bookkeeping(lora_values, top.get("task", "causal_lm"), f"{source}: lora",
+                                    problems)
+    lora = _typed(LoraConfig, lora_values, f"{source}: lora", problems)
+    if problems:
+        raise ValueError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} problems:\n  " + "\n  ".join(problems))
     try:
         lora_cfg = dataclasses.replace(_default_lora(), **lora)
         return TrainConfig(**top, lora=lora_cfg)
@@ -220,15 +319,46 @@ def from_dict(values: dict, source: str = "config") -> TrainConfig:
         raise ValueError(f"{source}: {err}") from None
 
 
-def load_yaml(path: str | Path) -> dict:
+PATH_KEYS = ("data", "eval_data", "output_dir")
+
+
+def load_yaml(path: str | Path, relative_to_file: bool = True) -> dict:
+    """A config file's settings. With ``relative_to_file``, relative paths in it (``data``,
+    ``eval_data``, ``output_dir``, and ``model`` when it names a directory there) are taken
+    relative to the file's directory, so a config works from any working directory."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(read_text(path))
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML ({err})") from None
-    return values or {}
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of settings (key: value "
+                         f"lines), got a {type(values).__name__}")
+    return _resolve_paths(values, Path(os.path.abspath(path.parent))) if relative_to_file else values
+
+
+def _resolve_paths(values: dict, base: Path) -> dict:
+    out = dict(values)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not value.startswith("hf:"):
+            out[key] = _join(base, value)
+    if isinstance(out.get("data_mix"), dict):
+        out["data_mix"] = {(k if k.startswith("hf:") else _join(base, k)): w
+                           for k, w in out["data_mix"].items()}
+    model = out.get("model")
+    if isinstance(model, str) and (model.startswith(".") or (base / model).is_dir()):
+        out["model"] = _join(base, model)
+    return out
+
+
+def _join(base: Path, value: str) -> str:
+    expanded = Path(value).expanduser()
+    return str(expanded) if expanded.is_absolute() else os.path.normpath(base / expanded)
 
 
 def to_dict(cfg: TrainConfig) -> dict:
@@ -285,7 +415,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             kw["choices"] = typing.get_args(hint)
         elif hint in (int, float, str):
             kw.update(type=hint, metavar=name.upper())
-        elif hint == dict[str, str]:
+        elif hint in (dict[str, str], dict[str, float]):
             kw.update(type=_mapping_value, metavar="K=V,...")
         else:
             kw.update(type=_yaml_value, metavar="YAML")

@@ -1,4 +1,5 @@
-"""Run outputs that track progress: ``metrics.jsonl``, TensorBoard events, ``loss.png``.
+"""Run outputs that track progress: ``metrics.jsonl``, ``loss.png``, and the trackers of
+``report_to`` (``lorakit.train.trackers``: TensorBoard, W&B, MLflow).
 
 ``metrics.jsonl`` has one JSON object per line: training records
 ``{"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"}`` and
@@ -14,37 +15,30 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Appends records to ``metrics.jsonl`` (and TensorBoard when it is installed)."""
+    """Appends records to ``metrics.jsonl`` and to the ``report_to`` trackers."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None,
+                 report_to: list[str] | None = None, config: dict | None = None):
+        from lorakit.train.trackers import open_trackers
+
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         self._file = open(self.path, "a")
-        self._tb = _summary_writer(Path(run_dir) / "tensorboard") if tensorboard else None
+        self._trackers = open_trackers(report_to or [], run_dir, config or {}, resume_step)
 
     def write(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, record["step"])
+        for tracker in self._trackers:
+            tracker.log(record)
 
     def close(self) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-
-
-def _summary_writer(directory: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional; metrics.jsonl has everything
-        return None
-    return SummaryWriter(str(directory))
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def read_metrics(path: str | Path) -> list[dict]:

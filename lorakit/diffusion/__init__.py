@@ -7,6 +7,12 @@ weights=)`` and ``lorakit.merge(model, names, weights=)``. diffusers is needed o
 the models and schedulers (``pip install lorakit[diffusion]``); this package imports it lazily.
 """
 
+from lorakit.diffusion.files import (
+    convert_lora_file,
+    detect_format,
+    load_lora_weights,
+    save_lora_weights,
+)
 from lorakit.diffusion.targets import TARGETS
 
-__all__ = ["TARGETS"]
+__all__ = ["TARGETS", "convert_lora_file", "detect_format", "load_lora_weights", "save_lora_weights"]

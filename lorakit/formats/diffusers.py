@@ -111,7 +111,10 @@ def write_diffusers(path: str | Path, lora_set: LoraSet) -> Path:
         by_component.setdefault(component, {})[module] = f
     meta = {}
     for component, modules in by_component.items():
-        cfg = config_for(modules)
+        # Keys keep CLIP's classic ``text_model.`` level; the config names modules without it:
+        # diffusers strips it from the keys of a transformers-v5 (flattened) CLIP but uses the
+        # metadata as is, and PEFT's suffix match finds the short names in a v4 CLIP too.
+        cfg = config_for({m.removeprefix("text_model."): f for m, f in modules.items()})
         fields = {"r": cfg.r, "lora_alpha": cfg.lora_alpha, "target_modules": cfg.target_modules,
                   "rank_pattern": cfg.rank_pattern, "alpha_pattern": cfg.alpha_pattern,
                   "use_dora": cfg.use_dora, "init_lora_weights": True}

@@ -15,6 +15,15 @@ diffusers = pytest.importorskip("diffusers", reason="pip install 'lorakit[diffus
 from lorakit.diffusion import tiny  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models run fastest on one thread (and far faster on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _unet_forward(model, batch=3, seed=1):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, 8, 8, generator=g)

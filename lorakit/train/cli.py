@@ -56,6 +56,11 @@ def run(args: argparse.Namespace) -> int:
     from lorakit.train.loop import TrainingDiverged, train
 
     cfg = config_from_args(args)
+    if cfg.task in ("text-to-image", "unconditional"):
+        from lorakit.diffusion.train import train_diffusion
+
+        train_diffusion(cfg)
+        return 0
     try:
         train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:

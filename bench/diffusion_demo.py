@@ -172,7 +172,6 @@ def grid_png(images, path: Path, cols=8, zoom=4):
 
     x = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[:, 0]
     x = x.view(10, cols, 8, 8).permute(0, 2, 1, 3).reshape(80, cols * 8)
-    x = F.pad(x, (0, 0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(x.numpy()).resize((cols * 8 * zoom, 80 * zoom), Image.NEAREST).save(path)
 
@@ -264,7 +263,7 @@ def main() -> None:
         d = save_lora_weights(work / name, {"unet": unet}, name=name, format="diffusers")
         k = save_lora_weights(work / f"{name}_kohya.safetensors", {"unet": unet}, name=name, format="kohya")
         fresh = make_unet()
-        fresh.load_state_dict({k2: v for k2, v in _base_state(unet).items()})
+        fresh.load_state_dict(_base_state(unet))
         load_lora_weights(k, {"unet": fresh}, name=name)
         lorakit.set_adapter(unet, name)
         x, t, c = torch.randn(4, 1, 8, 8), torch.tensor([10, 200, 500, 900]), torch.tensor([1, 3, 5, 7])

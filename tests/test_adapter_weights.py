@@ -15,6 +15,15 @@ from tests import tiny as tiny_text
 CONV_TARGETS = ["conv1", "conv2"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and far faster on a shared machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _two_adapters(kind="llama"):
     model = tiny_text.make(kind)
     targets = "all-linear" if kind == "llama" else CONV_TARGETS

@@ -75,13 +75,16 @@ def few_shot(x, y, per_class, seed):
 
 
 # ---- model, training, sampling -----------------------------------------------------------
+UNET = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
+            block_out_channels=[16, 32], norm_num_groups=8, num_class_embeds=10,
+            down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+            up_block_types=["AttnUpBlock2D", "UpBlock2D"])
+
+
 def make_unet():
     from diffusers import UNet2DModel
 
-    return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
-                       block_out_channels=(16, 32), norm_num_groups=8, num_class_embeds=10,
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    return UNet2DModel(**UNET)
 
 
 def fit(unet, scheduler, x, y, steps, batch, lr, seed):
@@ -110,8 +113,7 @@ def base_model(scheduler, x, y, steps):
     """The pre-trained base U-Net, from the cache when its settings match."""
     from safetensors.torch import load_file, save_file
 
-    key = hashlib.sha1(json.dumps({"steps": steps, "v": 1, "unet": dict(make_unet().config)},
-                                  sort_keys=True, default=str).encode()).hexdigest()[:10]
+    key = hashlib.sha1(json.dumps({"steps": steps, "v": 1, "unet": UNET}, sort_keys=True).encode()).hexdigest()[:10]
     path = CACHE / f"unet-{key}.safetensors"
     torch.manual_seed(0)
     unet = make_unet()

@@ -169,13 +169,15 @@ def measure(images, labels, style, digit):
 
 
 def grid_png(images, path: Path, cols=8, zoom=4):
-    """Rows = digits 0..9 (``cols`` samples each), every pixel ``zoom`` x ``zoom``."""
+    """Rows = digits 0..9 (``cols`` samples each), a grey 1-pixel gap around each sample,
+    every pixel ``zoom`` x ``zoom``."""
     from PIL import Image
 
     x = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)[:, 0]
-    x = x.view(10, cols, 8, 8).permute(0, 2, 1, 3).reshape(80, cols * 8)
+    x = F.pad(x, (1, 1, 1, 1), value=96)
+    x = x.view(10, cols, 10, 10).permute(0, 2, 1, 3).reshape(100, cols * 10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(x.numpy()).resize((cols * 8 * zoom, 80 * zoom), Image.NEAREST).save(path)
+    Image.fromarray(x.numpy()).resize((cols * 10 * zoom, 100 * zoom), Image.NEAREST).save(path)
 
 
 # ---- the run -----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-import lorakit
 from lorakit.cli import main
 from lorakit.diffusion import load_lora_weights
 from lorakit.diffusion.objective import denoising_losses, prior_preservation_loss

@@ -26,7 +26,6 @@ from lorakit.config import LoraConfig
 from lorakit.inject import adapter_configs, adapted_modules, delete_adapter
 from lorakit.io import PREFIX, load_adapter_tensors
 from lorakit.layers import LoraConv, LoraLayer, LoraLinear
-from lorakit.layers.base import conv_delta
 from lorakit.targets import suggest
 
 
@@ -42,12 +41,6 @@ class ModuleLora:
     @property
     def rank(self) -> int:
         return int(self.down.shape[0])
-
-    def delta(self) -> torch.Tensor:
-        """``dW = alpha / r * B @ A`` in float32, in the base weight's layout (plain LoRA part)."""
-        a, b = self.down.float(), self.up.float()
-        d = conv_delta(a, b) if a.dim() > 2 else b @ a
-        return d * (self.alpha / self.rank)
 
 
 LoraSet = dict[str, ModuleLora]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -21,12 +22,40 @@ def _check_names(model: nn.Module, names: list[str]) -> None:
             raise NotFoundError(f"no adapter {name!r}; adapters: {list(configs)}")
 
 
-def set_adapter(model: nn.Module, names: str | list[str]) -> None:
-    """Make ``names`` (one name or a list, all summed) the active adapters, and trainable."""
+def _set_weights(model: nn.Module, names: list[str], weights) -> None:
+    """Give each named adapter its run-time weight (``None``: 1.0 each, as diffusers'
+    ``set_adapters`` without ``adapter_weights``). Checked before any layer changes."""
+    if weights is None:
+        weights = [1.0] * len(names)
+    weights = [float(w) for w in ([weights] if isinstance(weights, (int, float)) else weights)]
+    if len(weights) != len(names):
+        raise ValueError(f"{len(names)} adapters {names} but {len(weights)} weights {weights}")
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"adapter weights must be finite numbers, got {weights}")
+    layers = _lora_layers(model)
+    for m in layers:
+        for name, w in zip(names, weights):
+            if name in m.merged_adapters and w != m.adapter_weights.get(name, 1.0):
+                raise ValueError(f"adapter {name!r} is merged with weight "
+                                 f"{m.adapter_weights.get(name, 1.0)}; unmerge it first")
+    for m in layers:
+        for name, w in zip(names, weights):
+            if name in m.r:
+                m.set_weight(name, w)
+
+
+def set_adapter(model: nn.Module, names: str | list[str], weights=None) -> None:
+    """Make ``names`` (one name or a list) the active adapters, and trainable.
+
+    Active adapters are summed, adapter ``i`` scaled by ``weights[i]`` (default 1.0 each;
+    negative weights subtract: ``y = base(x) + sum_i w_i * s_i * B_i A_i x``), at run time,
+    without merging: the same as diffusers' ``set_adapters(names, adapter_weights=weights)``.
+    """
     if not isinstance(names, (str, list, tuple)):
         raise TypeError(f"set_adapter takes an adapter name or a list of names, got {names!r}")
     names = [names] if isinstance(names, str) else list(names)
     _check_names(model, names)
+    _set_weights(model, names, weights)
     for _, module in adapted_modules(model):
         module.active_adapters = list(names)
     update_trainable(model)
@@ -88,11 +117,18 @@ def adapter_per_row(model: nn.Module, names: list[str | None]):
             m.rows = None
 
 
-def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool = False) -> None:
+def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool = False,
+          weights=None) -> None:
     """Fold the given (default: active) adapters into the base weights. Idempotent; with
     ``safe=True`` a NaN/inf result raises and every weight is left bit for bit as it was (each
     layer's merge is tried and undone exactly first, one layer at a time, so the check costs
-    two extra merges' compute but only one layer's weight copy)."""
+    two extra merges' compute but only one layer's weight copy).
+
+    ``weights`` (one per adapter) sets the adapters' run-time weights first, so the merged
+    model equals the unmerged one under ``set_adapter(model, adapter_names, weights)``;
+    ``unmerge`` subtracts exactly what was added. Without ``weights`` each adapter merges with
+    the weight it runs with.
+    """
     layers = _lora_layers(model)
     if adapter_names is None:
         adapter_names = next((list(m.active_adapters) for m in layers), [])
@@ -101,6 +137,8 @@ def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool =
     if not isinstance(adapter_names, (list, tuple)):
         raise TypeError(f"adapter_names must be a list of adapter names, got {adapter_names!r}")
     _check_names(model, adapter_names)
+    if weights is not None:
+        _set_weights(model, list(adapter_names), weights)
     if safe:
         for m in layers:
             m.check_merge(adapter_names)

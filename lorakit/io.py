@@ -141,14 +141,25 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     config = load_config(directory)
     config.inference_mode = not is_trainable
     tensors = read_tensors(_weights_path(directory), allow_nonfinite, _NONFINITE_HINT)
+    return load_adapter_tensors(model, config, tensors, name, directory / WEIGHTS_NAME, adapter_dtype,
+                                config_source=directory)
+
+
+def load_adapter_tensors(model: nn.Module, config, tensors: dict[str, torch.Tensor], name: str,
+                         source, adapter_dtype: torch.dtype | None = None,
+                         config_source=None) -> nn.Module:
+    """Add adapter ``name`` from a config and PEFT-keyed tensors (``base_model.model.<module>.
+    lora_A.weight``, ...) already checked by ``check_tensors``; tensor errors name ``source``,
+    config errors ``config_source`` (default ``source``); on any error the model is left as it
+    was. The other formats (``lorakit.formats``) convert to these keys and load through here."""
     try:
         add_adapter(model, config, name, adapter_dtype=adapter_dtype, strict=False, init=False)
     except ValueError as err:
-        raise ValueError(f"{directory}: {err}") from None
+        raise ValueError(f"{config_source or source}: {err}") from None
     try:
         if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
             tensors = config.import_tensors(model, name, tensors)
-        _assign(model, name, tensors, directory / WEIGHTS_NAME)
+        _assign(model, name, tensors, source)
     except Exception:
         delete_adapter(model, name)
         raise
@@ -241,6 +252,9 @@ def hotswap(model: nn.Module, directory: str | Path, name: str = "default",
     for module_name, module in adapted_modules(model):
         if isinstance(module, LoraLayer) and name in module.r:
             module.lora_alpha[name] = config.alpha_for(module_name)
+            weight = module.adapter_weights.pop(name, 1.0)  # the run-time weight survives the swap
+            module._unit_scaling.pop(name, None)
             module.scaling[name] = config.scaling_for(module_name)
+            module.set_weight(name, weight)
     config.inference_mode = adapter_configs(model)[name].inference_mode
     adapter_configs(model)[name] = config

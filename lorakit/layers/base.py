@@ -59,6 +59,10 @@ class LoraLayer(nn.Module):
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
         self.variants: dict = {}
+        # Run-time weight per adapter (lorakit.set_adapter(..., weights=)); 1.0 when absent.
+        # ``scaling`` already includes it, so every path (forward, rows, merge) honours it.
+        self.adapter_weights: dict[str, float] = {}
+        self._unit_scaling: dict[str, float] = {}
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
@@ -97,9 +101,29 @@ class LoraLayer(nn.Module):
         for attr in list(vars(self)["_modules"].values()) + list(vars(self)["_parameters"].values()):
             if isinstance(attr, (nn.ModuleDict, nn.ParameterDict)) and name in attr:
                 del attr[name]
-        for table in (self.r, self.lora_alpha, self.scaling, self.variants):
+        for table in (self.r, self.lora_alpha, self.scaling, self.variants, self.adapter_weights,
+                      self._unit_scaling):
             table.pop(name, None)
         self.active_adapters = [a for a in self.active_adapters if a != name]
+
+    def set_weight(self, name: str, weight: float) -> None:
+        """Scale adapter ``name``'s contribution: ``scaling = weight * (its configured scaling)``
+        (PEFT's ``set_scale``). A merged adapter's weight cannot change (unmerge would then
+        subtract something else than merge added)."""
+        old = self.adapter_weights.get(name, 1.0)
+        if weight == old:
+            return
+        if name in self.merged_adapters:
+            raise ValueError(f"{self.module_name}: adapter {name!r} is merged with weight {old}; "
+                             "unmerge it before changing its weight")
+        unit = self._unit_scaling.setdefault(name, self.scaling[name])
+        self.scaling[name] = unit * weight
+        self.adapter_weights[name] = weight
+
+    def configured_scaling(self, name: str) -> float:
+        """Adapter ``name``'s scaling without its run-time weight (``alpha / r``, rsLoRA's
+        ``alpha / sqrt(r)``, ...)."""
+        return self._unit_scaling.get(name, self.scaling[name])
 
     def base_device(self) -> torch.device:
         for t in list(self.base_layer.parameters()) + list(self.base_layer.buffers()):

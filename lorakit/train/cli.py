@@ -67,6 +67,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.dry_run:
         return data_cli.show(cfg, args, header="--- resolved config ---\n" + schema.to_yaml(cfg))
+    if cfg.task in ("text-to-image", "unconditional"):
+        from lorakit.diffusion.train import train_diffusion
+
+        train_diffusion(cfg)
+        return 0
     try:
         train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:

@@ -73,7 +73,9 @@ class TrainConfig:
 
     # ---- model ----
     model: str = _f(DEFAULT_MODEL, "embedded model name, local Hugging Face directory or hub id")
-    task: Literal["causal_lm", "seq_cls"] = _f("causal_lm", "causal_lm or seq_cls (new head)")
+    task: Literal["causal_lm", "seq_cls", "text-to-image", "unconditional"] = _f(
+        "causal_lm", "causal_lm, seq_cls (new head), or a diffusion U-Net LoRA: text-to-image "
+        "(DreamBooth-style) or unconditional (lorakit.diffusion.train)")
     num_labels: int = _f(0, "seq_cls classes; 0 = number of distinct labels in the data")
     full: bool = _f(False, "full fine-tuning: no adapter, every parameter trains")
     quantize: Literal["none", "nf4"] = _f("none", "quantize the frozen base to 4-bit NF4 (QLoRA)")
@@ -127,6 +129,12 @@ class TrainConfig:
         [], "experiment trackers besides metrics.jsonl: tensorboard, wandb, mlflow (each an "
             "optional extra; see lorakit.train.trackers)")
     fsdp: bool = _f(False, "under torchrun: shard the model with FSDP instead of DDP")
+    # ---- diffusion tasks (lorakit.diffusion.train; data is a folder of images) ----
+    instance_prompt: str = _f("", "text-to-image: caption of every image without a .txt beside it")
+    class_data: str = _f("", "text-to-image: folder of class images for prior preservation")
+    class_prompt: str = _f("", "text-to-image: caption of the class images")
+    prior_loss_weight: float = _f(1.0, "weight of the class images' loss (prior preservation)")
+    resolution: int = _f(0, "image side in pixels; 0 = the model's own")
     # ---- adapter ----
     lora: LoraConfig = field(default_factory=_default_lora, metadata={"help": "LoRA settings"})
 

@@ -118,7 +118,7 @@ def _is_inside_lora(name: str) -> bool:
     # An already-adapted layer's own children (base_layer, lora_A.x) are never targets.
     parts = name.split(".")
     return any(part in ("base_layer", "lora_A", "lora_B", "lora_dropout", "modules_to_save",
-                        "original_module") for part in parts[:-1]) or parts[-1] in ("lora_A", "lora_B", "lora_dropout", "modules_to_save")
+                        "original_module") for part in parts[:-1]) or parts[-1] in ("base_layer", "lora_A", "lora_B", "lora_dropout", "modules_to_save")
 
 
 def suggest(model: nn.Module, key: str, limit: int = 5) -> str:

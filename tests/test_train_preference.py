@@ -256,3 +256,119 @@ def test_second_all_linear_adapter_does_not_nest_into_base_layers():
     names = [n for n, _ in model.named_parameters()]
     assert not any(".base_layer.lora_" in n for n in names)
     assert "model.layers.0.self_attn.q_proj.lora_A.reference.weight" in names
+
+
+# ---- lorakit train --method ... -------------------------------------------------------------
+def _records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def prefs(tmp_path):
+    return write_jsonl(tmp_path / "prefs.jsonl", _pairs(16))
+
+
+def test_dpo_run_learns_the_preference_and_logs_rewards(tmp_path, make_config, prefs):
+    from lorakit.train import train
+
+    cfg = make_config(method="dpo", data=str(prefs), eval_data=str(prefs), max_steps=12,
+                      lr=2e-2, beta=0.5)
+    out = train(cfg)
+    records = _records(tmp_path / "run")
+    steps = [r for r in records if "loss" in r]
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(steps[0])
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # new adapter = reference
+    final = [r for r in records if "eval_loss" in r][-1]
+    assert final["eval_loss"] < 0.5 and final["eval_rewards/accuracies"] == 1.0
+    assert (out / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "run" / "rewards.png").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    assert "dpo loss" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["ipo", "orpo", "simpo", "kto", "reward"])
+def test_every_method_trains_and_lowers_its_loss(tmp_path, make_config, prefs, method):
+    from lorakit.train import train
+
+    cfg = make_config(method=method, data=str(prefs), max_steps=8, lr=2e-2,
+                      **({"beta": 0.5} if method != "ipo" else {}))
+    out = train(cfg)
+    losses_seen = [r["loss"] for r in _records(tmp_path / "run") if "loss" in r]
+    assert losses_seen[-1] < losses_seen[0]
+    saved = json.loads((out / "adapter_config.json").read_text())
+    assert saved["task_type"] == ("SEQ_CLS" if method == "reward" else "CAUSAL_LM")
+    if method == "reward":
+        assert saved["modules_to_save"] == ["score"]
+
+
+def test_precomputed_reference_is_cached_and_gives_the_same_run(tmp_path, make_config, prefs):
+    from lorakit.preference.reference import CACHE_NAME
+    from lorakit.train import train
+
+    live = make_config(method="dpo", data=str(prefs), max_steps=3, output_dir=str(tmp_path / "live"))
+    train(live)
+    cached = make_config(method="dpo", data=str(prefs), max_steps=3, precompute_ref=True,
+                         output_dir=str(tmp_path / "cached"))
+    train(cached)
+    assert (tmp_path / "cached" / CACHE_NAME).is_file()
+    a, b = _records(tmp_path / "live"), _records(tmp_path / "cached")
+    assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-5)
+    # a second run with the same inputs reads the cache (written once: same mtime)
+    mtime = (tmp_path / "cached" / CACHE_NAME).stat().st_mtime_ns
+    train(make_config(method="dpo", data=str(prefs), max_steps=3, precompute_ref=True,
+                      output_dir=str(tmp_path / "cached"), overwrite=True))
+    assert (tmp_path / "cached" / CACHE_NAME).stat().st_mtime_ns == mtime
+
+
+def test_on_top_of_an_sft_adapter_the_sft_adapter_is_the_reference(tmp_path, make_config, prefs):
+    from safetensors.torch import load_file
+
+    from lorakit.train import train
+
+    sft = train(make_config(max_steps=4, output_dir=str(tmp_path / "sft")))
+    out = train(make_config(method="dpo", data=str(prefs), max_steps=3, ref_adapter=str(sft),
+                            output_dir=str(tmp_path / "dpo")))
+    first = _records(tmp_path / "dpo")[0]
+    # step 1: the policy is a copy of the SFT adapter, so policy == reference exactly
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    assert first["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    before, after = load_file(sft / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert set(before) == set(after) and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_reference_adapter_that_does_not_fit_is_refused_before_training(tmp_path, make_config, prefs):
+    from lorakit.train import train
+
+    sft = train(make_config(max_steps=1, output_dir=str(tmp_path / "sft"), lora={"r": 8}))
+    weights = sft / "adapter_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    key = next(k for k in tensors if "lora_A" in k)
+    tensors[key] = torch.zeros(8, 3)  # an adapter for another base (hidden size 3)
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match=f"ref_adapter {sft} does not fit the base model:.*{key.split('.lora_A')[0]}"):
+        train(make_config(method="dpo", data=str(prefs), max_steps=2, ref_adapter=str(sft),
+                          output_dir=str(tmp_path / "dpo")))
+    assert not (tmp_path / "dpo" / "metrics.jsonl").exists()
+
+
+def test_preference_settings_are_checked(make_config, prefs):
+    with pytest.raises(ValueError, match="beta must be > 0"):
+        make_config(method="dpo", data=str(prefs), beta=0.0)
+    with pytest.raises(ValueError, match="need a method with a reference model"):
+        make_config(method="orpo", data=str(prefs), precompute_ref=True)
+    with pytest.raises(ValueError, match="kto needs batch_size >= 2"):
+        make_config(method="kto", data=str(prefs), batch_size=1)
+
+
+def test_cli_reports_a_bad_row_with_file_and_line(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+
+    path = write_jsonl(tmp_path / "bad.jsonl", _pairs(3) + [{"prompt": "q", "rejected": "r"}])
+    proc = subprocess.run([sys.executable, "-m", "lorakit.cli", "train", "--method", "dpo", "--data",
+                           str(path), "--model", str(tiny_model_dir), "--output-dir", str(tmp_path / "r")],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"{path}:4: missing field 'chosen'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -372,3 +372,28 @@ def test_cli_reports_a_bad_row_with_file_and_line(tmp_path, tiny_model_dir):
     assert proc.returncode != 0
     assert f"{path}:4: missing field 'chosen'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---- lorakit eval on preference data --------------------------------------------------------
+def _eval(*argv) -> dict:
+    from lorakit.cli import main
+
+    assert main(["eval", *argv]) == 0
+
+
+def test_eval_reports_preference_accuracy_of_dpo_and_reward_adapters(tmp_path, make_config, prefs,
+                                                                     tiny_model_dir):
+    from lorakit.train import train
+
+    dpo = train(make_config(method="dpo", data=str(prefs), max_steps=12, lr=2e-2, beta=0.5,
+                            output_dir=str(tmp_path / "dpo")))
+    rm = train(make_config(method="reward", data=str(prefs), max_steps=12, lr=2e-2,
+                           output_dir=str(tmp_path / "rm")))
+    common = ["--model", str(tiny_model_dir), "--data", str(prefs), "--dtype", "float32"]
+    _eval(*common, "--adapter", str(dpo), "--out", str(tmp_path / "dpo.json"))
+    res = json.loads((tmp_path / "dpo.json").read_text())["results"]
+    assert res["adapter"]["reward_accuracy"] == 1.0 and res["adapter"]["n"] == 16
+    assert res["adapter"]["logp_accuracy"] > res["base"]["logp_accuracy"]
+    _eval(*common, "--adapter", str(rm), "--task", "seq_cls", "--out", str(tmp_path / "rm.json"))
+    res = json.loads((tmp_path / "rm.json").read_text())["results"]
+    assert res["adapter"]["accuracy"] >= 0.9 and res["adapter"]["margin"] > 0

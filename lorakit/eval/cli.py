@@ -2,7 +2,8 @@
 
 Causal LM data (chat / instruction / text): loss and perplexity on the reference tokens, then
 batched greedy generation scored by exact match, normalised exact match and any ``--scorer``.
-Classification data (``--task seq_cls``): accuracy and macro-F1. With ``--adapter`` the base
+Classification data (``--task seq_cls``): accuracy and macro-F1. Preference data
+(prompt/chosen/rejected): preference accuracy (``lorakit.preference.evaluate``). With ``--adapter`` the base
 model and the base with the adapter are evaluated on the same prompts and shown side by
 side. Everything goes to ``eval.json`` (``--out``), per-example predictions included.
 """
@@ -23,6 +24,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name or directory")
     p.add_argument("--adapter", help="PEFT LoRA adapter directory (evaluated next to the base model)")
     p.add_argument("--data", required=True, help="eval data file (.jsonl/.json/.csv/.parquet)")
+    p.add_argument("--ref-adapter", help="preference data: the reference of a DPO-style adapter "
+                   "trained on top of this one (default: the base); see docs/preference.md")
     p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
                    help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
     p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "text", "classification"],
@@ -74,6 +77,13 @@ def run(args) -> int:
     from lorakit.eval.evaluate import EvalOptions, evaluate
     from lorakit.eval.metrics import load_scorer
 
+    from lorakit.preference.data import is_preference_row
+    from lorakit.train.readers import read_rows
+
+    if is_preference_row(read_rows(args.data)[0].record):
+        from lorakit.preference.evaluate import run_eval
+
+        return run_eval(args)
     scorers = {}
     for spec in args.scorer:
         name = spec.rpartition(":")[2]

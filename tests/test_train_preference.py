@@ -148,7 +148,8 @@ def test_bad_rows_name_file_and_line(tmp_path, tokenizer, row, message):
 def _trl_setup(tiny_model_dir, tokenizer, tmp_path, loss_type: str, retrain: bool):
     """TRL DPOTrainer + PEFT on 4 pairs, the adapter moved off its init so that policy and
     reference differ; returns (trainer, its first batch, an identical lorakit model)."""
-    pytest.importorskip("trl", reason="parity with TRL needs trl: pip install 'trl==1.16.0'")
+    pytest.importorskip("trl", minversion="1.16.0",
+                        reason="parity with TRL DPOTrainer needs trl >= 1.16: pip install 'trl==1.16.0'")
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

@@ -7,7 +7,7 @@ template into the same tokens (tests/test_train_preference.py checks the token i
 loss against TRL).
 
 Setup: SmolLM2-135M-Instruct in bf16, LoRA r=16, alpha 32, dropout 0.05 on all linear layers,
-DPO sigmoid loss, beta 0.1, batch 8 pairs, ``--steps`` optimizer steps, AdamW lr 5e-5 constant
+DPO sigmoid loss, beta 0.1, ``--batch`` pairs per step (8), ``--steps`` optimizer steps, AdamW lr 5e-5 constant
 after 10% warmup, clipping at 1.0; the reference is the base model with the adapter disabled
 in both (no second copy), computed live at every step. Each system runs in its own process,
 timed from launch to adapter written (imports, model load, tokenization, training):
@@ -18,10 +18,11 @@ timed from launch to adapter written (imports, model load, tokenization, trainin
   ``gradient_checkpointing=False`` (TRL's faster setting), TRL's defaults otherwise.
 
 Peak memory is each child process's peak RSS (``wait4`` rusage). Both adapters are then scored
-by the same code (``lorakit.preference.evaluate``) on the 50 held-out pairs: implicit-reward
-accuracy against the base, and the final training loss each system logged.
+by the same code (``lorakit.preference.evaluate``) on the first ``--eval-pairs`` held-out
+pairs (implicit-reward accuracy against the base), next to the final training loss each
+system logged.
 
-    flock /tmp/lorakit-bench.lock .venv/bin/python bench/train_dpo.py [--steps 16] [--repeats 1]
+    flock /tmp/lorakit-bench.lock .venv/bin/python bench/train_dpo.py [--steps 16] [--batch 8] [--repeats 1]
 """
 
 from __future__ import annotations
@@ -43,21 +44,21 @@ from common import machine_info, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
-BATCH, LR, WARMUP, MAX_LEN, RANK, ALPHA, DROPOUT, BETA = 8, 5e-5, 0.1, 256, 16, 32, 0.05, 0.1
+LR, WARMUP, MAX_LEN, RANK, ALPHA, DROPOUT, BETA = 5e-5, 0.1, 256, 16, 32, 0.05, 0.1
 TRAIN, TEST = ROOT / "data/sql_demo/prefs_train.jsonl", ROOT / "data/sql_demo/prefs_test.jsonl"
 RESULTS = Path(__file__).parent / "results" / "train_dpo.json"
 
 
-def lorakit_command(data: Path, out: Path, steps: int) -> list[str]:
+def lorakit_command(data: Path, out: Path, steps: int, batch: int) -> list[str]:
     return [sys.executable, "-m", "lorakit.cli", "train", "--method", "dpo", "--model", MODEL,
-            "--data", str(data), "--output-dir", str(out), "--overwrite", "--batch-size", str(BATCH),
+            "--data", str(data), "--output-dir", str(out), "--overwrite", "--batch-size", str(batch),
             "--max-steps", str(steps), "--lr", str(LR), "--lr-scheduler", "constant",
             "--warmup-ratio", str(WARMUP), "--max-seq-len", str(MAX_LEN), "--beta", str(BETA),
             "--r", str(RANK), "--lora-alpha", str(ALPHA), "--lora-dropout", str(DROPOUT),
             "--target-modules", "all-linear", "--no-progress"]
 
 
-def trl_worker(data: Path, out: Path, steps: int) -> None:
+def trl_worker(data: Path, out: Path, steps: int, batch: int) -> None:
     """TRL DPOTrainer + PEFT on the same rows; writes metrics.json with its logged losses."""
     import peft
     from datasets import Dataset
@@ -68,7 +69,7 @@ def trl_worker(data: Path, out: Path, steps: int) -> None:
     rows = [json.loads(line) for line in data.read_text().splitlines()]
     tok = load_tokenizer(MODEL)
     model = load_model(MODEL, dtype=torch.bfloat16)
-    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=BATCH, max_steps=steps,
+    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=batch, max_steps=steps,
                      learning_rate=LR, lr_scheduler_type="constant_with_warmup", warmup_steps=WARMUP,
                      max_grad_norm=1.0, max_length=MAX_LEN, beta=BETA, bf16=True, use_cpu=True, seed=0,
                      save_strategy="no", logging_steps=1, report_to="none", disable_tqdm=True,
@@ -110,7 +111,7 @@ def final_loss(out: Path, system: str) -> float:
     return [r["loss"] for r in records if "loss" in r][-1]
 
 
-def held_out(adapter: Path) -> dict:
+def held_out(adapter: Path, n_pairs: int) -> dict:
     import lorakit
     from lorakit.models import load_model, load_tokenizer
     from lorakit.preference.data import load_preferences
@@ -119,7 +120,7 @@ def held_out(adapter: Path) -> dict:
     tok = load_tokenizer(MODEL)
     model = load_model(MODEL, dtype=torch.bfloat16)
     lorakit.load_adapter(model, adapter)
-    pairs = load_preferences(str(TEST), tok, max_seq_len=MAX_LEN).items
+    pairs = load_preferences(str(TEST), tok, max_seq_len=MAX_LEN).items[:n_pairs]
     return preference_metrics(model, pairs, tok.pad_token_id, with_reward=True)
 
 
@@ -131,15 +132,15 @@ def main(args) -> None:
         for r in range(args.repeats):
             for s in runs:
                 out = Path(tmp) / f"{s}-{r}"
-                cmd = ([sys.executable, __file__, "--worker-trl", str(data), str(out), "--steps", str(args.steps)]
-                       if s == "trl" else lorakit_command(data, out, args.steps))
+                cmd = ([sys.executable, __file__, "--worker-trl", str(data), str(out), "--steps", str(args.steps),
+                        "--batch", str(args.batch)]
+                       if s == "trl" else lorakit_command(data, out, args.steps, args.batch))
                 wall, rss = run_child(measured(cmd))
-                acc = held_out(out / "adapter")
+                acc = held_out(out / "adapter", args.eval_pairs) if args.eval_pairs else {}
                 runs[s].append({"wall_s": wall, "peak_rss_mib": rss, "final_train_loss": final_loss(out, s),
                                 "held_out": acc})
                 print(f"round {r + 1}: {s:8} {wall:7.1f} s  peak RSS {rss:7.0f} MiB  final loss "
-                      f"{runs[s][-1]['final_train_loss']:.4f}  held-out reward accuracy "
-                      f"{acc['reward_accuracy']:.2f}", flush=True)
+                      f"{runs[s][-1]['final_train_loss']:.4f}  held-out {acc}", flush=True)
     summary = {s: {"median_wall_s": statistics.median(x["wall_s"] for x in v),
                    "median_peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in v)} for s, v in runs.items()}
     speed = summary["trl"]["median_wall_s"] / summary["lorakit"]["median_wall_s"]
@@ -153,7 +154,7 @@ def main(args) -> None:
     RESULTS.write_text(json.dumps({
         "command": "flock /tmp/lorakit-bench.lock .venv/bin/python bench/train_dpo.py " + " ".join(sys.argv[1:]),
         "machine": machine_info(),
-        "config": {"model": MODEL, "pairs": args.pairs, "steps": args.steps, "batch_pairs": BATCH, "lr": LR,
+        "config": {"model": MODEL, "pairs": args.pairs, "steps": args.steps, "batch_pairs": args.batch, "lr": LR,
                    "beta": BETA, "r": RANK, "alpha": ALPHA, "dropout": DROPOUT, "max_len": MAX_LEN},
         "summary": summary, "speedup": speed, "memory_ratio": memory, "runs": runs}, indent=1))
     print(f"wrote {RESULTS}")
@@ -163,10 +164,12 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--pairs", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8, help="pairs per optimizer step")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--eval-pairs", type=int, default=50, help="held-out pairs scored per adapter (0: skip)")
     p.add_argument("--worker-trl", type=Path, nargs=2, metavar=("DATA", "OUT"))
     a = p.parse_args()
     if a.worker_trl:
-        trl_worker(*a.worker_trl, a.steps)
+        trl_worker(*a.worker_trl, a.steps, a.batch)
     else:
         main(a)

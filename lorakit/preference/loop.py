@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lorakit.fast import enable_fast_training
 from lorakit.preference import losses, reference
-from lorakit.preference.data import PreferenceData, load_preferences
+from lorakit.preference.data import Pair, PreferenceData, load_preferences
 from lorakit.preference.plots import plot_rewards
 from lorakit.preference.step import NEEDS_REFERENCE, StepContext, kto_terms, pair_terms, reference_pair_logps
 from lorakit.train import batching, build, optim
@@ -181,8 +181,9 @@ def _terms(run: PrefRun, data: PreferenceData, split: str, indices: list[int]) -
 
 
 def _chosen_tokens(data: PreferenceData, indices: list[int]) -> int:
+    """Chosen completion tokens of paired rows (ORPO's NLL normaliser; 0 for KTO rows)."""
     return sum(sum(t >= 0 for t in data.items[i].chosen.labels[1:]) for i in indices
-               if hasattr(data.items[i], "chosen"))
+               if isinstance(data.items[i], Pair))
 
 
 def _cat(parts: list[losses.Terms]) -> losses.Terms:

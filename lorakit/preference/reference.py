@@ -42,7 +42,7 @@ def reference_mode(model: nn.Module, has_ref_adapter: bool):
     modules = [m for _, m in adapted_modules(model)]
     saved = [list(m.active_adapters) for m in modules]
     for m in modules:
-        m.active_adapters = [REFERENCE] if REFERENCE in getattr(m, "adapter_names", [REFERENCE]) else []
+        m.active_adapters = [REFERENCE] if REFERENCE in m.adapter_names else []
     try:
         yield
     finally:

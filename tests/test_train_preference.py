@@ -350,7 +350,7 @@ def test_reference_adapter_that_does_not_fit_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=f"ref_adapter {sft} does not fit the base model:.*{key.split('.lora_A')[0]}"):
         train(make_config(method="dpo", data=str(prefs), max_steps=2, ref_adapter=str(sft),
                           output_dir=str(tmp_path / "dpo")))
-    assert not (tmp_path / "dpo" / "metrics.jsonl").exists()
+    assert not (tmp_path / "dpo").exists()  # refused before the run directory was touched
 
 
 def test_preference_settings_are_checked(make_config, prefs):

@@ -83,7 +83,7 @@ def _setup(cfg: TrainConfig) -> PrefRun:
         raise ValueError(f"{cfg.data}: {len(train.items)} rows make fewer micro-batches than one "
                          f"optimizer step needs (batch_size {cfg.batch_size} x grad_accum {cfg.grad_accum})")
     total = cfg.max_steps or per_epoch * cfg.epochs
-    build.prepare_run_dir(cfg, build.check_run_dir(cfg))
+    taken = build.check_run_dir(cfg)
     torch.manual_seed(cfg.seed)
     build_cfg = dataclasses.replace(cfg, task="seq_cls") if cfg.method == "reward" else cfg
     model = build.build_model(build_cfg, 1, tokenizer.pad_token_id)
@@ -92,6 +92,7 @@ def _setup(cfg: TrainConfig) -> PrefRun:
         for p in model.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
+    build.prepare_run_dir(cfg, taken)  # only once the model and reference adapter are accepted
     model.train()
     fast = enable_fast_training(model) if cfg.fast else None
     ctx = StepContext(model, cfg.method, cfg.beta, cfg.simpo_gamma, cfg.desirable_weight,

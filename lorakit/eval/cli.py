@@ -2,7 +2,8 @@
 
 Causal LM data (chat / instruction / text): loss and perplexity on the reference tokens, then
 batched greedy generation scored by exact match, normalised exact match and any ``--scorer``.
-Classification data (``--task seq_cls``): accuracy and macro-F1. With ``--adapter`` the base
+Classification data (``--task seq_cls``): accuracy and macro-F1. Preference data
+(prompt/chosen/rejected): preference accuracy (``lorakit.preference.evaluate``). With ``--adapter`` the base
 model and the base with the adapter are evaluated on the same prompts and shown side by
 side. Everything goes to ``eval.json`` (``--out``), per-example predictions included.
 """
@@ -28,6 +29,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--split", default=None,
                    help="split of a saved datasets directory or hf:org/name source with several "
                         "splits (default: its only split; several splits need this flag)")
+    p.add_argument("--ref-adapter", help="preference data: the reference of a DPO-style adapter "
+                   "trained on top of this one (default: the base); see docs/preference.md")
     p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
                    help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
     p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "prompt_completion", "text",
@@ -86,6 +89,13 @@ def run(args) -> int:
     if args.adapter:
         lorakit.config.load_config(args.adapter)  # a bad adapter path fails before the model loads
 
+    from lorakit.preference.data import is_preference_row
+    from lorakit.train.readers import read_rows
+
+    if is_preference_row(read_rows(args.data, args.split)[0].record):
+        from lorakit.preference.evaluate import run_eval
+
+        return run_eval(args)
     scorers = {}
     for spec in args.scorer:
         name = spec.rpartition(":")[2]

@@ -75,6 +75,12 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
     stopped on request (``control.request_stop``) returns the checkpoint it wrote instead.
     Raises ``TrainingDiverged`` on a NaN/inf loss (checkpoints are kept).
     """
+    if cfg.method != "sft":
+        if resume:
+            raise ValueError(f"--resume continues sft runs only; method {cfg.method!r} writes no checkpoints")
+        from lorakit.preference.loop import train_preference
+
+        return train_preference(cfg, command or ["python", "-c", "lorakit.train.train(...)"])
     world = distributed.init_world()
     try:
         run = _setup(cfg, world, resume)

@@ -135,6 +135,20 @@ class TrainConfig:
     class_prompt: str = _f("", "text-to-image: caption of the class images")
     prior_loss_weight: float = _f(1.0, "weight of the class images' loss (prior preservation)")
     resolution: int = _f(0, "image side in pixels; 0 = the model's own")
+    # ---- preference tuning (lorakit.preference, docs/preference.md) ----
+    method: Literal["sft", "dpo", "ipo", "orpo", "simpo", "kto", "reward"] = _f(
+        "sft", "objective: sft (next-token loss); dpo | ipo | orpo | simpo | kto on preference "
+        "data (prompt/chosen/rejected; kto also prompt/completion/label); reward: a Bradley-Terry "
+        "reward model (sequence-classification head + LoRA)")
+    beta: float = _f(0.1, "preference methods: beta (DPO/IPO/KTO: strength of the reference; "
+                     "ORPO: odds-ratio weight; SimPO: reward scale)")
+    simpo_gamma: float = _f(0.5, "simpo: target reward margin")
+    desirable_weight: float = _f(1.0, "kto: weight of the desirable rows' losses")
+    undesirable_weight: float = _f(1.0, "kto: weight of the undesirable rows' losses")
+    ref_adapter: str = _f("", "dpo/ipo/kto: adapter directory (e.g. an SFT run's) that is the "
+                          "reference; the trained adapter starts as a copy of it")
+    precompute_ref: bool = _f(False, "dpo/ipo: compute reference log-probs once before training, "
+                              "cached in the run directory")
     # ---- adapter ----
     lora: LoraConfig = field(default_factory=_default_lora, metadata={"help": "LoRA settings"})
 
@@ -174,6 +188,15 @@ def _check(c: TrainConfig) -> None:
          f"format {c.format!r} does not fit task {c.task!r} (classification <-> seq_cls)"),
         (not (c.full and c.quantize != "none"), "full fine-tuning cannot train a quantized base"),
         (not (c.full and c.loraplus_lr_ratio), "loraplus_lr_ratio needs LoRA (not --full)"),
+        (c.beta > 0, f"beta must be > 0, got {c.beta}"),
+        (c.method == "sft" or not (c.packing or c.full),
+         f"method {c.method!r} trains a LoRA adapter without packing (not --packing, not --full)"),
+        (not (c.ref_adapter or c.precompute_ref) or c.method in ("dpo", "ipo", "kto"),
+         "ref_adapter and precompute_ref need a method with a reference model (dpo, ipo, kto)"),
+        (not (c.precompute_ref and c.method == "kto"),
+         "precompute_ref: kto's KL rows depend on the batch, so its reference runs live"),
+        (c.method != "kto" or c.batch_size >= 2, "kto needs batch_size >= 2 (its KL estimate "
+         "pairs each prompt with another row's completion)"),
     ]
     for ok, message in rules:
         if not ok:

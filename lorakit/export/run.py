@@ -187,9 +187,13 @@ def _hf(src, out, opts) -> dict:
     _merge(src)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        merged = src.model.to(getattr(torch, dtype))
+        merged = src.model   # stays fp32: the agreement check measures the dtype's rounding
         merged.generation_config.eos_token_id = sorted(_eos_ids(tok))
-        merged.save_pretrained(tmp, safe_serialization=True)
+        state = {k: v.to(getattr(torch, dtype)) for k, v in merged.state_dict().items()}
+        merged.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        config = json.loads((tmp / "config.json").read_text())   # save_pretrained records the
+        config["dtype"] = dtype                                   # in-memory (fp32) dtype
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         tok.save_pretrained(tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -208,13 +212,13 @@ def _hf(src, out, opts) -> dict:
 def _hf_agreement(model, out: Path, tok, n_prompts: int) -> dict:
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
     worst = 0.0
     for prompt in checks.chat_prompts(tok, checks.PROMPTS[:n_prompts]):
         ids = torch.tensor([prompt])
         worst = max(worst, (model(ids).logits.float() - reloaded(ids).logits.float()).abs().max().item())
     return {"consumer": "transformers AutoModelForCausalLM", "prompts": n_prompts,
-            "max_abs_logit_diff": worst}
+            "max_abs_logit_diff_vs_fp32_merge": worst}
 
 
 _WRITERS = {"gguf-lora": _gguf_lora, "gguf": _gguf, "ollama": _ollama, "hf": _hf}

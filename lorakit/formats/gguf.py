@@ -20,6 +20,7 @@ write leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ OUTTYPES = {
     # llama-quantize keeps the (here tied) embedding / output matrix at higher precision.
     "q4_0": ("Q4_0", "Q8_0"),
 }
+# ggml types encode() writes (the gguf package's quantizer covers these)
+_WRITABLE = {"F32", "F16", "BF16", "Q8_0", "Q4_0"}
 # general.file_type values (llama.cpp's LLAMA_FTYPE_*)
 _FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}
 
@@ -106,10 +109,9 @@ def encode(data: np.ndarray, ggml_type: str) -> tuple[np.ndarray, str, str | Non
         return data, "F32", None
     if ggml_type == "F16":
         return data.astype(np.float16), "F16", None
-    try:
-        qtype = gguf.GGMLQuantizationType[ggml_type]
-    except KeyError:
-        raise ValueError(f"unknown ggml type {ggml_type!r}; known: F32, F16, BF16, Q8_0, Q4_0") from None
+    if ggml_type not in _WRITABLE:
+        raise ValueError(f"the GGUF writer has no ggml type {ggml_type!r}; it writes {sorted(_WRITABLE)}")
+    qtype = gguf.GGMLQuantizationType[ggml_type]
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if data.ndim < 2 or data.shape[-1] % block:
         return data.astype(np.float16), "F16", f"rows of {data.shape[-1]} not a multiple of {block}"
@@ -145,10 +147,19 @@ def llama_metadata(config, outtype: str) -> dict[str, tuple[str, object]]:
 
 def tokenizer_fields(path: str | Path) -> dict[str, tuple[str, object, str | None]]:
     """Every ``tokenizer.*`` key of an existing GGUF file (tokens, merges, token types, special
-    ids, chat template), as ``{key: (value type, value, array item type)}``."""
+    ids, chat template), as ``{key: (value type, value, array item type)}``.
+
+    Parsed once per file version (the reader walks ~150k strings in Python: seconds)."""
+    path = Path(path)
+    stat = path.stat()
+    return dict(_tokenizer_fields(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_fields(path: str, mtime_ns: int, size: int) -> dict:
     import gguf
 
-    reader = gguf.GGUFReader(str(path))
+    reader = gguf.GGUFReader(path)
     out = {}
     for key, field in reader.fields.items():
         if not key.startswith("tokenizer."):

@@ -14,7 +14,7 @@ from lorakit.export import export, load_source
 from lorakit.export.source import embedded_gguf
 from lorakit.formats.gguf import GGUFTensor, gguf_name, write_gguf
 from lorakit.formats.modelfile import derive_chat_format, go_template, render_go
-from tests.export_support import make_adapter, tiny_llama_dir, torch_logits
+from tests.export_support import llama_logits, make_adapter, require_llama, tiny_llama_dir, torch_logits
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}],
@@ -71,9 +71,21 @@ def test_ollama_export_writes_model_and_modelfile(tiny, tmp_path):
     assert "<|im_start|>" in reader.fields["tokenizer.chat_template"].contents()
     assert report["files"]["model.gguf"] == (tmp_path / "ollama" / "model.gguf").stat().st_size
 
-    unmerged = export(_src(tiny), "ollama", tmp_path / "o2", unmerged=True, check_prompts=0)
-    text = (tmp_path / "o2" / "Modelfile").read_text()
-    assert "FROM ./base.gguf\nADAPTER ./adapter.gguf\n" in text and unmerged["gguf"]["pairs"] == 14
+
+
+def test_ollama_unmerged_files_run_in_llama(tiny, tmp_path):
+    require_llama()
+    base, plain = tiny
+    alone = load_source(None, base=str(base), base_gguf=embedded_gguf("smollm2-135m-instruct"))
+    export(alone, "gguf", tmp_path / "base.gguf", outtype="f32", check_prompts=0)
+    src = load_source(plain, base=str(base), base_gguf=tmp_path / "base.gguf")
+    report = export(src, "ollama", tmp_path / "o", unmerged=True, check_prompts=0)
+    text = (tmp_path / "o" / "Modelfile").read_text()
+    assert "FROM ./base.gguf\nADAPTER ./adapter.gguf\n" in text and report["gguf"]["pairs"] == 14
+    prompts = [[1, 4093, 198, 1780, 314]]
+    ours = torch_logits(src.model, prompts)[0]
+    theirs = llama_logits(tmp_path / "o" / "base.gguf", prompts, lora=tmp_path / "o" / "adapter.gguf")[0]
+    assert abs(ours - theirs).max() < 0.02 * abs(ours).max()
 
 
 def test_hf_export_is_the_merged_model(tiny, tmp_path):

@@ -49,11 +49,10 @@ def _tokenizer(src: Source):
     return load_tokenizer(src.base)
 
 
-def _eos_ids(tok) -> set[int]:
-    ids = {tok.eos_token_id}
-    gen = getattr(tok, "added_tokens_encoder", {})
-    ids |= {gen[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>") if t in gen}
-    return {i for i in ids if i is not None}
+def _eos_ids(tok, model=None) -> set[int]:
+    from lorakit.eval.generate import stop_token_ids
+
+    return set(stop_token_ids(tok, model))
 
 
 def _llama_agreement(src: Source, tok, model_file: Path, lora: list[dict] | None,
@@ -62,7 +61,7 @@ def _llama_agreement(src: Source, tok, model_file: Path, lora: list[dict] | None
     if missing:
         return {"consumer": "llama.cpp", "skipped": missing}
     prompts = checks.chat_prompts(tok, checks.PROMPTS[:n_prompts])
-    ours = checks.lorakit_greedy(src.model, prompts, n_tokens, _eos_ids(tok))
+    ours = checks.lorakit_greedy(src.model, prompts, n_tokens, _eos_ids(tok, src.model))
     theirs, _ = checks.llama_greedy(model_file, prompts, n_tokens, lora)
     return {"consumer": "llama.cpp (node-llama-cpp)", "max_tokens": n_tokens,
             **checks.agreement(ours, theirs).to_dict()}
@@ -188,7 +187,7 @@ def _hf(src, out, opts) -> dict:
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         merged = src.model   # stays fp32: the agreement check measures the dtype's rounding
-        merged.generation_config.eos_token_id = sorted(_eos_ids(tok))
+        merged.generation_config.eos_token_id = sorted(_eos_ids(tok, merged))
         state = {k: v.to(getattr(torch, dtype)) for k, v in merged.state_dict().items()}
         merged.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         config = json.loads((tmp / "config.json").read_text())   # save_pretrained records the

@@ -90,8 +90,9 @@ def _write_lora(src: Source, out: Path, outtype: str, overwrite: bool) -> dict:
     exp = lora_tensors(src.model, src.arch, OUTTYPES[outtype][0], src.name)
     fields = {"general.type": ("STRING", "adapter"), "adapter.type": ("STRING", "lora"),
               "adapter.lora.alpha": ("FLOAT32", exp.alpha)}
-    types = write_gguf(out, src.arch, fields, exp.tensors, overwrite=overwrite)
+    types, fallbacks = write_gguf(out, src.arch, fields, exp.tensors, overwrite=overwrite)
     return {"file": str(out), "bytes": out.stat().st_size, "tensor_types": types,
+            "fallbacks": _summarize(fallbacks),
             "pairs": len(exp.tensors) // 2, "alpha": exp.alpha,
             "folded_into_B": exp.folded or "none (plain alpha/r scaling on every layer)"}
 
@@ -100,9 +101,18 @@ def _write_model(src: Source, out: Path, outtype: str, overwrite: bool) -> dict:
     if outtype not in OUTTYPES:
         raise ValueError(f"unknown --outtype {outtype!r} for gguf; known: {sorted(OUTTYPES)}")
     fields = model_fields(src.model, outtype, f"{src.base} + lorakit adapter", _tokenizer_fields(src))
-    types = write_gguf(out, src.arch, fields, model_tensors(src.model, src.arch, outtype),
-                       overwrite=overwrite)
-    return {"file": str(out), "bytes": out.stat().st_size, "tensor_types": types}
+    types, fallbacks = write_gguf(out, src.arch, fields, model_tensors(src.model, src.arch, outtype),
+                                  overwrite=overwrite)
+    return {"file": str(out), "bytes": out.stat().st_size, "tensor_types": types,
+            "fallbacks": _summarize(fallbacks)}
+
+
+def _summarize(fallbacks: dict[str, str]) -> dict:
+    """Tensors written as F16 instead of the block type asked for, grouped by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in fallbacks.items():
+        by_reason.setdefault(reason, []).append(name)
+    return {reason: {"count": len(names), "e.g.": names[:3]} for reason, names in by_reason.items()}
 
 
 def _gguf_lora(src, out, opts) -> dict:

@@ -122,14 +122,15 @@ def llama_metadata(config, outtype: str) -> dict[str, tuple[str, object]]:
     """``llama.*`` and ``general.*`` keys of a Llama model from its Hugging Face config, as
     ``{key: (value type, value)}``. Refuses config features whose GGUF form is not written here
     (RoPE scaling, attention / MLP biases) by name."""
-    for field in ("rope_scaling", "attention_bias", "mlp_bias"):
-        value = getattr(config, field, None)
-        if value and not (field == "rope_scaling" and value.get("rope_type", "default") == "default"):
-            raise ValueError(f"config field {field}={value!r} is not supported by the GGUF writer")
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"config rope_type={rope['rope_type']!r} (RoPE scaling) is not supported "
+                         "by the GGUF writer")
+    for field in ("attention_bias", "mlp_bias"):
+        if getattr(config, field, False):
+            raise ValueError(f"config field {field}=True is not supported by the GGUF writer")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    theta = getattr(config, "rope_theta", None)
-    if theta is None:
-        theta = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
+    theta = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
     return {
         "llama.context_length": ("UINT32", config.max_position_embeddings),
         "llama.embedding_length": ("UINT32", config.hidden_size),
@@ -179,9 +180,10 @@ def _add_field(writer, key: str, vtype: str, value, sub_type: str | None = None)
 
 
 def write_gguf(path: str | Path, arch: str, fields: dict, tensors: list[GGUFTensor],
-               overwrite: bool = False) -> dict[str, int]:
+               overwrite: bool = False) -> tuple[dict[str, int], dict[str, str]]:
     """Write a GGUF file atomically. ``fields``: ``{key: (type, value[, item type])}`` beyond
-    ``general.architecture``. Returns ``{ggml type written: tensor count}``.
+    ``general.architecture``. Returns ``({ggml type written: tensor count}, {tensor: why it
+    fell back to F16})``.
 
     An existing ``path`` is an error unless ``overwrite``; any failure removes the temporary
     file, so nothing partial is left at or beside ``path``.
@@ -193,12 +195,15 @@ def write_gguf(path: str | Path, arch: str, fields: dict, tensors: list[GGUFTens
         raise FileExistsError(f"output file exists: {path} (pass --overwrite to replace it)")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     counts: dict[str, int] = {}
+    fallbacks: dict[str, str] = {}
     try:
         writer = gguf.GGUFWriter(str(tmp), arch)
         for key, spec in fields.items():
             _add_field(writer, key, *spec)
         for t in tensors:
-            data, written, _ = encode(t.data, t.ggml_type)
+            data, written, note = encode(t.data, t.ggml_type)
+            if note:
+                fallbacks[t.name] = f"{t.ggml_type} -> F16: {note}"
             raw = None if written in ("F32", "F16") else gguf.GGMLQuantizationType[written]
             writer.add_tensor(t.name, data, raw_dtype=raw)
             counts[written] = counts.get(written, 0) + 1
@@ -210,15 +215,19 @@ def write_gguf(path: str | Path, arch: str, fields: dict, tensors: list[GGUFTens
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return counts
+    return counts, fallbacks
 
 
-def read_gguf_tensor(path: str | Path, name: str) -> np.ndarray:
-    """One tensor of a GGUF file decoded to fp32, in PyTorch layout (``[out, in]``)."""
+def read_gguf_tensor(path: str | Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Tensors of a GGUF file decoded to fp32, in PyTorch layout (``[out, in]``), by name."""
     import gguf
 
+    out = {}
     for t in gguf.GGUFReader(str(path)).tensors:
-        if t.name == name:
+        if t.name in names:
             shape = tuple(int(n) for n in reversed(t.shape))
-            return gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
-    raise KeyError(f"{path}: no tensor {name!r}")
+            out[t.name] = gguf.quants.dequantize(t.data, t.tensor_type).reshape(shape).astype(np.float32)
+    missing = sorted(set(names) - set(out))
+    if missing:
+        raise KeyError(f"{path}: no tensor {missing[0]!r}")
+    return out

@@ -24,7 +24,7 @@ BASE = "smollm2-135m-instruct"
 @pytest.mark.slow
 def test_q4_1_gguf_plus_exported_lora_tracks_lorakit(tmp_path):
     require_llama()
-    adapter = make_adapter(BASE, tmp_path / "plain", "plain", std=0.02)
+    adapter = make_adapter(BASE, tmp_path / "plain", "plain", std=0.04)
     src = load_source(adapter)
     report = export(src, "gguf-lora", tmp_path / "a.gguf", check_prompts=2, check_tokens=8)
     print(json.dumps(report["agreement"]))
@@ -35,6 +35,9 @@ def test_q4_1_gguf_plus_exported_lora_tracks_lorakit(tmp_path):
     theirs = llama_logits(embedded_gguf(BASE), prompts, lora=tmp_path / "a.gguf")
     changed = np.mean([(a.argmax(-1) != b.argmax(-1)).mean() for a, b in zip(ours, base)])
     top1 = np.mean([(a.argmax(-1) == b.argmax(-1)).mean() for a, b in zip(ours, theirs)])
+    print(json.dumps({"top1_agreement_q4_1_plus_lora": float(top1), "predictions_changed_by_adapter": float(changed),
+                      "max_abs_logit_diff": max(float(np.abs(a - b).max()) for a, b in zip(ours, theirs)),
+                      "adapter_effect": max(float(np.abs(a - b).max()) for a, b in zip(ours, base))}))
     assert changed > 0.05, "the adapter does not change the model's predictions"
     assert top1 > 0.9, f"llama.cpp (Q4_1 + LoRA) agrees with lorakit on {top1:.0%} of positions"
     assert report["agreement"]["prompts"] == 2

@@ -148,3 +148,19 @@ def test_q8_0_lora_falls_back_to_f16_where_rows_do_not_fit_and_still_runs(tiny, 
     ours = torch_logits(src.model, PROMPTS)
     theirs = llama_logits(base_gguf, PROMPTS, lora=tmp_path / "q.gguf")
     assert _rel_rms(ours, theirs) < 0.02
+
+
+def test_qlora_adapter_exports_onto_the_nf4_decoded_base(tiny, tmp_path):
+    """``base_quant="nf4"``: the merged file is the NF4-decoded base + the adapter, i.e. the
+    model the QLoRA adapter was trained with, not the unquantized base + the adapter."""
+    require_llama()
+    src = load_source(tiny[2]["plain"], base=str(tiny[0]), base_quant="nf4",
+                      base_gguf=embedded_gguf("smollm2-135m-instruct"))
+    qlora = torch_logits(src.model, PROMPTS)   # NF4 base + adapter, unmerged (4-bit compute dtype)
+    export(src, "gguf", tmp_path / "q.gguf", outtype="f32", check_prompts=0)
+    merged = torch_logits(src.model, PROMPTS)  # fp32: NF4-decoded weights + delta
+    theirs = llama_logits(tmp_path / "q.gguf", PROMPTS)
+    unquantized = torch_logits(_adapter_src(tiny, "plain").model, PROMPTS)
+    assert _rel_rms(merged, theirs) < 2e-3
+    assert _rel_rms(qlora, merged) < 3e-2
+    assert _rel_rms(unquantized, theirs) > 5 * _rel_rms(qlora, merged), "NF4 made no difference"

@@ -62,7 +62,10 @@ def _llama_agreement(src: Source, tok, model_file: Path, lora: list[dict] | None
         return {"consumer": "llama.cpp", "skipped": missing}
     prompts = checks.chat_prompts(tok, checks.PROMPTS[:n_prompts])
     ours = checks.lorakit_greedy(src.model, prompts, n_tokens, _eos_ids(tok, src.model))
-    theirs, _ = checks.llama_greedy(model_file, prompts, n_tokens, lora)
+    try:
+        theirs, _ = checks.llama_greedy(model_file, prompts, n_tokens, lora)
+    except RuntimeError as err:   # the file is written; the report says llama.cpp refused it
+        return {"consumer": "llama.cpp", "failed": str(err)}
     return {"consumer": "llama.cpp (node-llama-cpp)", "max_tokens": n_tokens,
             **checks.agreement(ours, theirs).to_dict()}
 
@@ -118,7 +121,9 @@ def _summarize(fallbacks: dict[str, str]) -> dict:
 def _gguf_lora(src, out, opts) -> dict:
     tok = _tokenizer(src)
     part = _write_lora(src, out, opts.get("outtype") or "f32", opts.get("overwrite", False))
-    if opts.get("check_prompts") and src.base_gguf is not None:
+    if opts.get("check_prompts") and src.base_gguf is None:
+        part["agreement"] = {"consumer": "llama.cpp", "skipped": "no GGUF of the base (--base-gguf)"}
+    elif opts.get("check_prompts"):
         lora = [{"filePath": str(out), "scale": 1.0}]
         part["agreement"] = _llama_agreement(src, tok, src.base_gguf, lora,
                                              opts["check_prompts"], opts["check_tokens"])

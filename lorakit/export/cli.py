@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "Writes a report (JSON) beside the output with the measured agreement "
                     "with lorakit's own forward.")
     p.add_argument("adapter", help="PEFT adapter directory")
-    p.add_argument("--to", required=True, choices=["gguf-lora", "gguf", "ollama", "hf"], dest="fmt")
+    p.add_argument("--to", required=True, choices=["gguf-lora", "gguf", "ollama", "hf"], dest="fmt",
+                   help="what to write: a llama.cpp LoRA file, a merged GGUF, GGUF + Modelfile, a merged HF directory")
     p.add_argument("--out", required=True, help="output file (gguf-lora, gguf) or directory (ollama, hf)")
     p.add_argument("--outtype", default=None,
                    help="GGUF tensor type: f32|f16|bf16|q8_0 (gguf-lora, default f32), "
@@ -25,12 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-gguf", default=None,
                    help="a GGUF file of the base (tokenizer, llama.cpp base); the embedded model has one")
     p.add_argument("--base-quant", default="none", choices=["none", "nf4"],
-                   help="nf4: a QLoRA adapter, merged onto the NF4-decoded base it was trained on")
+                   help="nf4: a QLoRA adapter, merged onto the NF4-decoded base it was trained on "
+                        "(default: %(default)s)")
     p.add_argument("--unmerged", action="store_true", help="ollama: base GGUF + ADAPTER file instead of a merged GGUF")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--check-prompts", type=int, default=4,
-                   help="prompts for the agreement check (0: skip it)")
-    p.add_argument("--check-tokens", type=int, default=16, help="greedy tokens per check prompt")
+                   help="prompts for the agreement check, 0 skips it (default: %(default)s)")
+    p.add_argument("--check-tokens", type=int, default=16, help="greedy tokens per check prompt (default: %(default)s)")
     p.set_defaults(func=_run)
 
 

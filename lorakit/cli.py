@@ -24,6 +24,7 @@ COMMANDS = {
     "data": "lorakit.train.data_cli",
     "config": "lorakit.train.convert",
     "ui": "lorakit.ui.cli",
+    "export": "lorakit.export.cli",
 }
 
 

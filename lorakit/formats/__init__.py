@@ -1,7 +1,8 @@
 """On-disk adapter and model formats, one module per format.
 
 Each module owns every reader and writer of its format (STYLE.md rule 15): ``gguf.py``
-(llama.cpp adapters and merged models), ``kohya.py`` (kohya / A1111 / Civitai image LoRAs),
+(llama.cpp adapters and merged models), ``modelfile.py`` (Ollama Modelfiles),
+``kohya.py`` (kohya / A1111 / Civitai image LoRAs),
 ``diffusers.py`` (diffusers' PEFT-style keys). The PEFT adapter format still lives in
 ``lorakit/io.py`` until the architecture issue moves it here as ``peft.py``.
 """

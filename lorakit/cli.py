@@ -18,6 +18,7 @@ COMMANDS = {
     "merge": "lorakit.tools_cli",
     "inspect": "lorakit.analysis.cli",
     "models": "lorakit.tools_cli",
+    "predict": "lorakit.vision.cli",
 }
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from lorakit.config import LoraConfig, load_config
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
+from lorakit.legacy_names import translate_keys
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -108,6 +109,7 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     tensors = read_tensors(_weights_path(directory))
     add_adapter(model, config, name, adapter_dtype=adapter_dtype, strict=False, init=False)
     try:
+        tensors = translate_keys(model, tensors, str(directory / WEIGHTS_NAME))
         if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
             tensors = config.import_tensors(model, name, tensors)
         _assign(model, name, tensors, directory / WEIGHTS_NAME)

@@ -23,8 +23,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name or directory")
     p.add_argument("--adapter", help="PEFT LoRA adapter directory (evaluated next to the base model)")
     p.add_argument("--data", required=True, help="eval data file (.jsonl/.json/.csv/.parquet)")
-    p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
-                   help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
+    p.add_argument("--task", choices=["causal_lm", "seq_cls", "image_classification"], default="causal_lm",
+                   help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model; "
+                        "image_classification: images (accuracy, macro-F1, confusion matrix PNG)")
     p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "text", "classification"],
                    help="data format; auto detects it from the first row's keys (as in training)")
     p.add_argument("--instruction-template", default="alpaca", choices=["alpaca", "chat"],
@@ -74,6 +75,10 @@ def run(args) -> int:
     from lorakit.eval.evaluate import EvalOptions, evaluate
     from lorakit.eval.metrics import load_scorer
 
+    if args.task == "image_classification":
+        from lorakit.vision.evaluate import run_eval
+
+        return run_eval(args)
     scorers = {}
     for spec in args.scorer:
         name = spec.rpartition(":")[2]

@@ -33,6 +33,13 @@ def check_inputs(cfg: TrainConfig) -> None:
         path = getattr(cfg, key)
         if path and not Path(path).exists():
             raise FileNotFoundError(f"{key} not found: {path}")
+    if cfg.task != "image_classification":
+        from lorakit.vision.checks import image_input_reason
+
+        reason = image_input_reason(cfg.model, [cfg.data, cfg.eval_data])
+        if reason:
+            raise ValueError(f"{reason}; task {cfg.task!r} trains a text model "
+                             "(use --task image_classification, docs/vision.md)")
 
 
 def check_run_dir(cfg: TrainConfig) -> list[str]:

@@ -72,6 +72,10 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
     With ``resume`` the run continues from the newest checkpoint in ``cfg.output_dir``.
     Raises ``TrainingDiverged`` on a NaN/inf loss (checkpoints are kept).
     """
+    if cfg.task == "image_classification":
+        from lorakit.vision.train import train_images
+
+        return train_images(cfg, resume)
     world = distributed.init_world()
     try:
         run = _setup(cfg, world, resume)

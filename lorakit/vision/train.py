@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from lorakit.train import build, optim
 from lorakit.train.schema import TrainConfig
@@ -35,7 +36,7 @@ from lorakit.vision.evaluate import predict
 from lorakit.vision.metrics import classification_report
 from lorakit.vision.transforms import Preprocess, augment
 
-__all__ = ["FitOptions", "FitResult", "fit", "train_images", "freeze_batchnorm_stats"]
+__all__ = ["FitOptions", "FitResult", "fit", "train_images", "freeze_batchnorm_stats", "should_stop"]
 
 
 @dataclass
@@ -122,17 +123,25 @@ def _step(model, params, optimizer, micro, data, preprocess, opts, g, device) ->
 def fit(model: nn.Module, preprocess: Preprocess, train: ImageData, evals: ImageData | None,
         opts: FitOptions, log: MetricsLog | None = None, progress: bool = False) -> FitResult:
     """Train ``model``'s trainable parameters on ``train`` (see the module docstring)."""
-    from lorakit.train.loop import TrainingDiverged
-
-    device = next(model.parameters()).device
     per_epoch = _steps_per_epoch(len(train), opts)
     total = opts.max_steps or per_epoch * opts.epochs
-    warmup = math.ceil(opts.warmup_ratio * total)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(optim.param_groups(model, opts.lr, opts.weight_decay,
                                                      opts.loraplus_lr_ratio))
     g = torch.Generator().manual_seed(opts.seed)
-    result, started, step, epoch, best, since_best = FitResult(0, None, 0.0), time.perf_counter(), 0, 0, None, 0
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True, disable=not progress)
+    try:
+        return _fit_steps(model, preprocess, train, evals, opts, log, bar, optimizer, params, g, total)
+    finally:
+        bar.close()
+
+
+def _fit_steps(model, preprocess, train, evals, opts, log, bar, optimizer, params, g, total) -> FitResult:
+    from lorakit.train.loop import TrainingDiverged
+
+    device = next(model.parameters()).device
+    warmup = math.ceil(opts.warmup_ratio * total)
+    result, started, step, epoch = FitResult(0, None, 0.0), time.perf_counter(), 0, 0
     while step < total:
         plan = _batches(len(train), opts.batch_size, opts.seed, epoch)
         for start in range(0, len(plan), opts.grad_accum):
@@ -154,18 +163,10 @@ def fit(model: nn.Module, preprocess: Preprocess, train: ImageData, evals: Image
                 log.write({"step": step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                            "images_per_s": n_images / (time.perf_counter() - t0),
                            "elapsed_s": time.perf_counter() - started})
-            if progress:
-                print(f"step {step}/{total}: loss {loss:.4f} lr {lr:.2e}", flush=True)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
             if evals is not None and (step == total or (opts.eval_every and step % opts.eval_every == 0)):
-                record = {"step": step, **_eval(model, preprocess, evals, opts)}
-                result.evals.append(record)
-                if log:
-                    log.write(record)
-                if best is None or record["eval_loss"] < best:
-                    best, since_best = record["eval_loss"], 0
-                else:
-                    since_best += 1
-                if opts.early_stopping_patience and since_best >= opts.early_stopping_patience:
+                if _eval_and_stop(model, preprocess, evals, opts, log, result, step):
                     result.stopped = "early stopping"
                     result.seconds = time.perf_counter() - started
                     return result
@@ -174,10 +175,27 @@ def fit(model: nn.Module, preprocess: Preprocess, train: ImageData, evals: Image
     return result
 
 
-def _eval(model, preprocess, data: ImageData, opts: FitOptions) -> dict:
+def _eval_and_stop(model, preprocess, data: ImageData, opts: FitOptions, log, result: FitResult,
+                   step: int) -> bool:
+    """Evaluate, record it; True when early stopping says stop (no better eval loss in the
+    last ``early_stopping_patience`` evals)."""
     preds, loss = predict(model, preprocess, data, opts.batch_size, autocast=opts.autocast)
     report = classification_report([p[0] for p in preds], data.labels, data.label_names)
-    return {"eval_loss": loss, "eval_accuracy": report["accuracy"], "eval_macro_f1": report["macro_f1"]}
+    record = {"step": step, "eval_loss": loss, "eval_accuracy": report["accuracy"],
+              "eval_macro_f1": report["macro_f1"]}
+    result.evals.append(record)
+    if log:
+        log.write(record)
+    return should_stop([r["eval_loss"] for r in result.evals], opts.early_stopping_patience)
+
+
+def should_stop(eval_losses: list[float], patience: int) -> bool:
+    """Early stopping: the last ``patience`` eval losses are none below the best before them
+    (``patience`` 0: never)."""
+    if not patience or len(eval_losses) <= patience:
+        return False
+    best_before = min(eval_losses[:-patience])
+    return all(loss >= best_before for loss in eval_losses[-patience:])
 
 
 # ---- lorakit train --------------------------------------------------------------------------

@@ -10,11 +10,21 @@
     checks.py        image inputs given to a text task
     digits.py        scikit-learn's digits written as an image folder (the demo's data)
     cli.py           ``lorakit predict``
+
+Text training imports ``lorakit.vision.checks`` only; the names below load their modules on
+first use (PIL and the image code are not imported by text runs).
 """
 
-from lorakit.vision.data import ImageData, load_images
-from lorakit.vision.evaluate import load_classifier, predict
-from lorakit.vision.models import ImageModel, load_image_model, logits
+import importlib
 
-__all__ = ["ImageData", "ImageModel", "load_images", "load_image_model", "load_classifier",
-           "logits", "predict"]
+_EXPORTS = {"ImageData": "data", "load_images": "data", "ImageModel": "models",
+            "load_image_model": "models", "logits": "models", "load_classifier": "evaluate",
+            "predict": "evaluate"}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lorakit.vision' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"lorakit.vision.{_EXPORTS[name]}"), name)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lorakit.vision.data import IMAGE_SUFFIXES, ImageData
+from lorakit.vision.checks import IMAGE_SUFFIXES
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +40,7 @@ def _image_paths(entries: list[str]) -> list[Path]:
 
 
 def run(args) -> int:
+    from lorakit.vision.data import ImageData
     from lorakit.vision.evaluate import load_classifier, predict
 
     paths = _image_paths(args.images)

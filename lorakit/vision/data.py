@@ -25,11 +25,10 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageData", "load_images", "split_images", "image_data_reason", "open_image"]
+from lorakit.vision.checks import PATH_COLUMNS, TEXT_COLUMNS, is_datasets_dir
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-PATH_COLUMNS = ("path", "image", "file", "filename")
-_TEXT_COLUMNS = ("text", "sentence", "prompt", "instruction", "messages", "input")
+__all__ = ["ImageData", "load_images", "split_images", "open_image"]
+
 
 
 @dataclass
@@ -87,17 +86,13 @@ def _verify(path: Path) -> None:
         raise ValueError(f"{path}: not a readable image ({err})") from None
 
 
-def _is_datasets_dir(path: Path) -> bool:
-    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-
-
 def load_images(path: str | Path, label_names: list[str] | None = None) -> ImageData:
     """Read ``path`` (see the module docstring); ``label_names`` fixes the class ids (pass the
     training set's names when loading its eval data)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data not found: {path}")
-    if path.is_dir() and _is_datasets_dir(path):
+    if path.is_dir() and is_datasets_dir(path):
         return _from_datasets(path, label_names)
     if path.is_dir():
         return _from_folder(path, label_names)
@@ -155,7 +150,7 @@ def _from_table(file: Path, label_names: list[str] | None) -> ImageData:
     keys = set(rows[0].record)
     column = next((c for c in PATH_COLUMNS if c in keys), None)
     if column is None or "label" not in keys:
-        text = next((c for c in _TEXT_COLUMNS if c in keys), None)
+        text = next((c for c in TEXT_COLUMNS if c in keys), None)
         hint = (f"it looks like text data (a {text!r} column): train a text model on it "
                 "(task seq_cls or causal_lm), not an image model") if text else \
             f"image data needs a path column ({' / '.join(PATH_COLUMNS)}) and a label column"
@@ -216,32 +211,3 @@ def split_images(data: ImageData, fraction: float, seed: int) -> tuple[ImageData
     held = set(order[:n_eval])
     return (data.subset([i for i in range(n) if i not in held]),
             data.subset([i for i in range(n) if i in held], " (eval split)"))
-
-
-def image_data_reason(path: str | Path) -> str | None:
-    """Why ``path`` is image data (a text task should not read it), or None if it is not."""
-    path = Path(path)
-    if path.is_dir() and not _is_datasets_dir(path):
-        for sub in sorted(path.iterdir()):
-            if sub.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir()):
-                return f"{path} is an image folder ({sub.name}/ holds images)"
-    if path.is_dir() and _is_datasets_dir(path):
-        import datasets
-
-        ds = datasets.load_from_disk(str(path))
-        ds = ds["train"] if isinstance(ds, datasets.DatasetDict) and "train" in ds else ds
-        if hasattr(ds, "features") and any(isinstance(f, datasets.Image) for f in ds.features.values()):
-            return f"{path} is a datasets directory with an Image column"
-    if path.is_file() and path.suffix in (".csv", ".jsonl", ".json"):
-        from lorakit.train.readers import read_rows
-
-        try:
-            first = read_rows(path)[0]
-        except ValueError:
-            return None
-        keys = set(first.record)
-        column = next((c for c in PATH_COLUMNS if c in keys), None)
-        if column and "label" in keys and not keys & set(_TEXT_COLUMNS) and \
-                str(first.record[column]).lower().endswith(IMAGE_SUFFIXES):
-            return f"{first.where}: rows name image files ({column!r} column)"
-    return None

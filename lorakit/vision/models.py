@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from lorakit.vision import efficientnet
+from lorakit.vision.checks import hf_config, is_image_classifier
 from lorakit.vision.transforms import HFPreprocess, NormalizePreprocess, Preprocess
 
-__all__ = ["ImageModel", "load_image_model", "logits", "image_model_reason", "save_labels",
+__all__ = ["ImageModel", "load_image_model", "logits", "save_labels",
            "read_labels", "LABELS_FILE"]
 
 LABELS_FILE = "label_map.json"
@@ -44,32 +45,6 @@ def logits(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     if isinstance(model, PreTrainedModel):
         return model(pixel_values=pixel_values).logits
     return model(pixel_values)
-
-
-def _hf_config(name: str):
-    from transformers import AutoConfig
-
-    from lorakit.models import resolve_model_path
-
-    return AutoConfig.from_pretrained(resolve_model_path(name))
-
-
-def _is_image_classifier(config) -> bool:
-    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-
-    return type(config) in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING
-
-
-def image_model_reason(name: str) -> str | None:
-    """Why ``name`` is an image model (a text task cannot train it), or None."""
-    if name == efficientnet.NAME:
-        return f"{name} is an image classifier"
-    path = Path(name)
-    if path.is_dir() and (path / "config.json").exists():
-        config = _hf_config(name)
-        if _is_image_classifier(config) and not (path / "tokenizer_config.json").exists():
-            return f"{name} is an image model ({type(config).__name__})"
-    return None
 
 
 def _head_name(model: nn.Module) -> str:
@@ -94,8 +69,8 @@ def load_image_model(name: str, label_names: list[str], image_size: int = 0,
 
     from lorakit.models import resolve_model_path
 
-    config = _hf_config(name)
-    if not _is_image_classifier(config):
+    config = hf_config(name)
+    if not is_image_classifier(config):
         raise ValueError(f"{name}: a {type(config).__name__} ({config.model_type}) is not an image "
                          "classifier; task image_classification needs ViT, DeiT, ConvNeXt, ResNet, "
                          f"... or {efficientnet.NAME} (text models: task seq_cls or causal_lm)")

@@ -174,3 +174,10 @@ def test_early_stopping_rule():
     assert not should_stop([1.0, 2.0, 3.0], 0)
     assert not should_stop([1.0, 0.9], 1) and should_stop([1.0, 1.1], 1)
     assert not should_stop([1.0, 1.2, 0.95], 2) and should_stop([1.0, 1.2, 1.0], 2)
+
+
+def test_a_broken_label_map_is_named(tmp_path, capsys):
+    (tmp_path / "label_map.json").write_text(json.dumps({"id2label": {"0": "a", "2": "c"}}))
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", "--model", "efficientnet-lite0", "--adapter", str(tmp_path), str(tmp_path / "x.png")]) == 2
+    assert "label_map.json: not a label map with id2label 0..n-1" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorakit.formats import label_map
 from lorakit.vision import efficientnet, models
 from lorakit.vision.data import ImageData, load_images
 from lorakit.vision.metrics import classification_report, plot_confusion
@@ -30,12 +31,12 @@ def load_classifier(model: str, adapter: str | None = None) -> tuple[models.Imag
     """(classifier ready for inference, label names in id order); see the module docstring."""
     import lorakit
 
-    info = models.read_labels(adapter or model)
+    info = label_map.read_labels(adapter or model)
     names = info["label_names"]
     if adapter is not None:
         im = models.load_image_model(model, names, info.get("image_size") or 0)
         lorakit.load_adapter(im.model, adapter)
-    elif info["base_model"] == efficientnet.NAME:
+    elif info.get("base_model") == efficientnet.NAME:
         from safetensors.torch import load_file
 
         im = models.load_image_model(efficientnet.NAME, names, info.get("image_size") or 0)

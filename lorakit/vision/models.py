@@ -13,9 +13,7 @@ EfficientNet-Lite0, each with its preprocessing and the name of its classificati
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -24,10 +22,8 @@ from lorakit.vision import efficientnet
 from lorakit.vision.checks import hf_config, is_image_classifier
 from lorakit.vision.transforms import HFPreprocess, NormalizePreprocess, Preprocess
 
-__all__ = ["ImageModel", "load_image_model", "logits", "save_labels",
-           "read_labels", "LABELS_FILE"]
+__all__ = ["ImageModel", "load_image_model", "logits"]
 
-LABELS_FILE = "label_map.json"
 HEADS = ("classifier", "head", "fc", "_fc")  # classification heads, trained in full
 
 
@@ -87,23 +83,3 @@ def load_image_model(name: str, label_names: list[str], image_size: int = 0,
     except OSError as err:
         raise ValueError(f"{name}: no image processor (preprocessor_config.json) ({err})") from None
     return ImageModel(model, HFPreprocess(processor), _head_name(model))
-
-
-def save_labels(directory: str | Path, label_names: list[str], model: str, image_size: int = 0) -> None:
-    """``label_map.json`` beside an adapter: id2label, label2id, the base model, image size."""
-    info = {"id2label": {str(i): n for i, n in enumerate(label_names)},
-            "label2id": {n: i for i, n in enumerate(label_names)},
-            "base_model": model, "image_size": image_size}
-    Path(directory, LABELS_FILE).write_text(json.dumps(info, indent=2))
-
-
-def read_labels(directory: str | Path) -> dict:
-    """``label_map.json`` as written by ``save_labels`` (``label_names`` added, in id order)."""
-    path = Path(directory, LABELS_FILE)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: an image adapter directory written by "
-                                "`lorakit train --task image_classification` holds its label map")
-    info = json.loads(path.read_text())
-    id2label = info["id2label"]
-    info["label_names"] = [id2label[str(i)] for i in range(len(id2label))]
-    return info

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lorakit.formats import label_map
 from lorakit.train import build, optim
 from lorakit.train.schema import TrainConfig
 from lorakit.train.tracking import MetricsLog, plot_losses
@@ -249,7 +250,7 @@ def _write(cfg: TrainConfig, im: models.ImageModel, label_names: list[str], out:
     else:
         save_file({k: v.contiguous() for k, v in im.model.state_dict().items()},
                   str(out / "model.safetensors"))
-    models.save_labels(out, label_names, cfg.model, cfg.image_size)
+    label_map.save_labels(out, label_names, cfg.model, cfg.image_size)
     processor = getattr(im.preprocess, "processor", None)
     if processor is not None:
         processor.save_pretrained(out)

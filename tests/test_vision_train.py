@@ -117,7 +117,7 @@ def test_full_fine_tuning_run_predicts_from_its_model_dir(tmp_path, capsys):
     vs.save_model("resnet", tmp_path / "resnet")
     vs.image_folder(tmp_path / "imgs", per_label=4, labels=("a", "b", "c"))
     assert main(["train", "--task", "image_classification", "--model", str(tmp_path / "resnet"), "--full",
-                 "--data", str(tmp_path / "imgs"), "--batch-size", "6", "--precision", "fp32",
+                 "--data", str(tmp_path / "imgs"), "--batch-size", "6",  # bf16-true: BN buffers too
                  "--output-dir", str(tmp_path / "run"), "--no-progress"]) == 0
     model_dir = tmp_path / "run" / "model"
     assert json.loads((model_dir / "config.json").read_text())["id2label"] == {"0": "a", "1": "b", "2": "c"}

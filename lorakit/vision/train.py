@@ -226,8 +226,8 @@ def _load_data(cfg: TrainConfig) -> tuple[ImageData, ImageData | None]:
 def _prepare(cfg: TrainConfig, im: models.ImageModel) -> None:
     import lorakit
 
-    if cfg.full:
-        im.model.requires_grad_(True)
+    if cfg.full:  # every weight trains, so all of it (buffers too) is fp32 master weights
+        im.model.float().requires_grad_(True)
     else:
         saved = list(cfg.lora.modules_to_save or [])
         saved += [im.head] if im.head not in saved else []
@@ -262,6 +262,9 @@ def train_images(cfg: TrainConfig, resume: bool = False) -> Path:
     _check(cfg, resume)
     build.check_inputs(cfg)
     train, evals = _load_data(cfg)
+    if cfg.num_labels and cfg.num_labels != len(train.label_names):
+        raise ValueError(f"config: num_labels={cfg.num_labels} but {cfg.data} has "
+                         f"{len(train.label_names)} labels {train.label_names}")
     taken = build.check_run_dir(cfg)
     run_dir = build.prepare_run_dir(cfg, taken)
     torch.manual_seed(cfg.seed)

@@ -92,6 +92,14 @@ def test_image_data_given_to_a_text_task(tmp_path):
         build.check_inputs(TrainConfig(task="causal_lm", data=str(tmp_path / "t.csv")))
 
 
+def test_image_folder_given_to_text_eval(tmp_path, capsys):
+    from lorakit.cli import main
+
+    vs.image_folder(tmp_path / "d", per_label=1)
+    assert main(["eval", "--task", "seq_cls", "--data", str(tmp_path / "d")]) == 2
+    assert "is an image folder" in capsys.readouterr().err
+
+
 def test_image_model_given_to_a_text_task(tmp_path):
     vs.save_model("vit", tmp_path / "vit")
     (tmp_path / "t.jsonl").write_text(json.dumps({"text": "x", "label": 0}) + "\n")

@@ -79,6 +79,11 @@ def run(args) -> int:
         from lorakit.vision.evaluate import run_eval
 
         return run_eval(args)
+    from lorakit.vision.checks import image_input_reason
+
+    reason = image_input_reason(args.model, [args.data])
+    if reason:
+        raise ValueError(f"{reason}; evaluate it with --task image_classification")
     scorers = {}
     for spec in args.scorer:
         name = spec.rpartition(":")[2]

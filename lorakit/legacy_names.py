@@ -94,10 +94,14 @@ def _translate_names(model: nn.Module, entries, renamings: list, names: list[str
 def translate_config(model: nn.Module, config):
     """``config`` with transformers 4 names in ``target_modules`` / ``modules_to_save``
     replaced by the model's transformers 5 names (a new config; the same one if none)."""
+    names = [n for n, _ in model.named_modules() if n]
+    entries = [e for f in ("target_modules", "modules_to_save")
+               if isinstance(getattr(config, f, None), (list, tuple)) for e in getattr(config, f)]
+    if all(_matches_any(names, e) for e in entries):
+        return config  # the usual case: no need to build transformers' table
     renamings = _renamings(model)
     if not renamings:
         return config
-    names = [n for n, _ in model.named_modules() if n]
     updates, notes = {}, {}
     for field in ("target_modules", "modules_to_save"):
         value = getattr(config, field, None)
@@ -117,17 +121,22 @@ def translate_config(model: nn.Module, config):
 def translate_keys(model: nn.Module, tensors: dict, source: str = "adapter") -> dict:
     """Adapter tensors with PEFT keys written under transformers 4 module paths renamed to
     the model's transformers 5 paths (the same dict if nothing changes)."""
+    names = {n for n, _ in model.named_modules() if n}
+
+    def known(inner: str) -> bool:  # ``<module>.weight`` or ``<module>.lora_A.weight``
+        parts = inner.split(".")
+        return any(".".join(parts[:i]) in names for i in (len(parts) - 1, len(parts) - 2))
+
+    inners = {key: key[len(_PREFIX):] if key.startswith(_PREFIX) else key for key in tensors}
+    if all(known(inner) for inner in inners.values()):
+        return tensors
     renamings = _renamings(model)
     if not renamings:
         return tensors
-    names = {n for n, _ in model.named_modules() if n}
     out, renamed = {}, 0
     for key, value in tensors.items():
-        inner = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-        parts = inner.split(".")
-        # A key whose module exists (``<module>.weight`` or ``<module>.lora_A.weight``) keeps it.
-        known = any(".".join(parts[:i]) in names for i in (len(parts) - 1, len(parts) - 2))
-        new = inner if known else _rename(renamings, inner)
+        inner = inners[key]
+        new = inner if known(inner) else _rename(renamings, inner)
         new = (_PREFIX + new) if key.startswith(_PREFIX) else new
         renamed += new != key
         out[new] = value

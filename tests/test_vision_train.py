@@ -86,7 +86,7 @@ def test_resume_is_refused(trained, capsys):
     assert "does not support --resume" in capsys.readouterr().err
 
 
-def _resnet_fit(tmp_path, full: bool):
+def _resnet_fit(tmp_path, full: bool, freeze_all: bool = False):
     vs.save_model("resnet", tmp_path / "resnet")
     vs.image_folder(tmp_path / "imgs", per_label=4)
     from lorakit.vision import load_image_model
@@ -99,7 +99,8 @@ def _resnet_fit(tmp_path, full: bool):
         lorakit.add_adapter(im.model, lorakit.LoraConfig(r=2, target_modules=["convolution"],
                                                          modules_to_save=["classifier"]))
     before = {n: b.clone() for n, b in im.model.named_buffers() if "running_mean" in n}
-    fit(im.model, im.preprocess, data, None, FitOptions(epochs=1, batch_size=4, lr=1e-2, augment="none"))
+    fit(im.model, im.preprocess, data, None, FitOptions(epochs=1, batch_size=4, lr=1e-2, augment="none",
+                                                        freeze_all_batchnorm=freeze_all))
     after = dict(im.model.named_buffers())
     return [torch.equal(before[n], after[n]) for n in before]
 
@@ -111,6 +112,7 @@ def test_adapter_training_leaves_frozen_batchnorm_statistics_alone(tmp_path):
 
 def test_full_fine_tuning_updates_batchnorm_statistics(tmp_path):
     assert not any(_resnet_fit(tmp_path, full=True))
+    assert all(_resnet_fit(tmp_path / "frozen", full=True, freeze_all=True))
 
 
 def test_full_fine_tuning_run_predicts_from_its_model_dir(tmp_path, capsys):

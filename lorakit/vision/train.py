@@ -59,10 +59,11 @@ class FitOptions:
     log_every: int = 1
     seed: int = 0
     autocast: bool = False
+    freeze_all_batchnorm: bool = False  # every BatchNorm in eval mode (small-batch full FT)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig) -> "FitOptions":
-        names = {f.name for f in dataclasses.fields(cls)} - {"autocast"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"autocast", "freeze_all_batchnorm"}
         return cls(**{n: getattr(cfg, n) for n in names}, autocast=build.autocast_enabled(cfg))
 
 
@@ -75,12 +76,13 @@ class FitResult:
     stopped: str = "completed"
 
 
-def freeze_batchnorm_stats(model: nn.Module) -> int:
-    """Put every BatchNorm whose parameters are all frozen in eval mode; returns how many."""
+def freeze_batchnorm_stats(model: nn.Module, every: bool = False) -> int:
+    """Put every BatchNorm whose parameters are all frozen (``every``: every BatchNorm; its
+    affine parameters still train) in eval mode; returns how many."""
     count = 0
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and \
-                not any(p.requires_grad for p in m.parameters()):
+                (every or not any(p.requires_grad for p in m.parameters())):
             m.eval()
             count += 1
     return count
@@ -149,7 +151,7 @@ def _fit_steps(model, preprocess, train, evals, opts, log, bar, optimizer, param
             if step >= total:
                 break
             model.train()
-            freeze_batchnorm_stats(model)
+            freeze_batchnorm_stats(model, every=opts.freeze_all_batchnorm)
             lr = optim.set_lr(optimizer, optim.lr_factor(step, total, warmup, opts.lr_scheduler))
             t0 = time.perf_counter()
             micro = plan[start:start + opts.grad_accum]

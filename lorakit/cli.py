@@ -25,6 +25,7 @@ COMMANDS = {
     "config": "lorakit.train.convert",
     "ui": "lorakit.ui.cli",
     "export": "lorakit.export.cli",
+    "predict": "lorakit.vision.cli",
 }
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from lorakit.config import LoraConfig
 from lorakit.errors import NotFoundError
 from lorakit.layers import LoraLayer, ModulesToSave, make_layer
+from lorakit.legacy_names import translate_config
 from lorakit.targets import find_targets
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -92,6 +93,7 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
     if others:
         raise ValueError(f"the model holds {sorted(others)} adapters; a {config.peft_type} adapter "
                          "cannot be added beside them (one adapter type per model, as in PEFT)")
+    config = translate_config(model, config)  # transformers 4 names, with a notice
     targets = find_targets(model, config, strict=strict)
     if hasattr(config, "prepare"):  # e.g. VeRA's projections shared by all target layers
         config.prepare(model, targets)

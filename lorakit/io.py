@@ -21,6 +21,7 @@ from lorakit.errors import NotFoundError
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
 from lorakit.paths import check_output_dir
+from lorakit.legacy_names import translate_keys
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
@@ -157,6 +158,7 @@ def load_adapter_tensors(model: nn.Module, config, tensors: dict[str, torch.Tens
     except ValueError as err:
         raise ValueError(f"{config_source or source}: {err}") from None
     try:
+        tensors = translate_keys(model, tensors, str(source))
         if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
             tensors = config.import_tensors(model, name, tensors)
         _assign(model, name, tensors, source)

@@ -116,6 +116,9 @@ def find_targets(model: nn.Module, config: LoraConfig, strict: bool = True) -> l
             for key in spec:
                 if not any(n == key or n.endswith("." + key) for n in chosen):
                     raise ValueError(f"target module {key!r} matched no module; {suggest(model, key)}")
+    # PEFT's rule: a module in modules_to_save is trained in full, never LoRA-adapted (PEFT's
+    # saved configs list it in target_modules when "all-linear" resolved to it).
+    chosen = [n for n in chosen if not _matches(n, list(skip))]
     if config.exclude_modules:
         chosen = [n for n in chosen if not _matches(n, config.exclude_modules)]
     if chosen:

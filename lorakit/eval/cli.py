@@ -31,8 +31,9 @@ def add_parser(subparsers) -> None:
                         "splits (default: its only split; several splits need this flag)")
     p.add_argument("--ref-adapter", help="preference data: the reference of a DPO-style adapter "
                    "trained on top of this one (default: the base); see docs/preference.md")
-    p.add_argument("--task", choices=["causal_lm", "seq_cls"], default="causal_lm",
-                   help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model")
+    p.add_argument("--task", choices=["causal_lm", "seq_cls", "image_classification"], default="causal_lm",
+                   help="seq_cls: a classifier (accuracy, macro-F1) instead of a language model; "
+                        "image_classification: images (accuracy, macro-F1, confusion matrix PNG)")
     p.add_argument("--format", default="auto", choices=["auto", "instruction", "chat", "prompt_completion", "text",
                                                 "classification"],
                    help="data format; auto detects it from the first row's keys (as in training)")
@@ -88,6 +89,16 @@ def run(args) -> int:
     check_output_file(args.out, "--out")
     if args.adapter:
         lorakit.config.load_config(args.adapter)  # a bad adapter path fails before the model loads
+
+    if args.task == "image_classification":
+        from lorakit.vision.evaluate import run_eval
+
+        return run_eval(args)
+    from lorakit.vision.checks import image_input_reason
+
+    reason = image_input_reason(args.model, [args.data])
+    if reason:
+        raise ValueError(f"{reason}; evaluate it with --task image_classification")
 
     from lorakit.preference.data import is_preference_row
     from lorakit.train.readers import read_rows

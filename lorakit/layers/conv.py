@@ -12,10 +12,20 @@ from torch import nn
 from lorakit.layers.base import LoraLayer, conv_delta, masked_row_delta
 
 
+def _own_forward(module: nn.Module) -> bool:
+    return type(module).forward not in (nn.Conv1d.forward, nn.Conv2d.forward)
+
+
 class LoraConv(LoraLayer):
     def __init__(self, base_layer: nn.Module, module_name: str = ""):
         if base_layer.groups != 1:
             raise ValueError(f"{module_name}: LoRA on grouped convolutions (groups={base_layer.groups}) is not supported")
+        if type(base_layer) not in (nn.Conv1d, nn.Conv2d) and _own_forward(base_layer) \
+                and any(k != 1 for k in base_layer.kernel_size):
+            # e.g. TF "same" padding applied in forward: lora_A would see the unpadded input.
+            raise ValueError(f"{module_name}: {type(base_layer).__name__} has its own forward (padding "
+                             "or weight changes LoRA's A conv would not see); only its 1x1 "
+                             "convolutions can be adapted")
         super().__init__(base_layer, module_name)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()

@@ -39,6 +39,13 @@ def check_inputs(cfg: TrainConfig) -> None:
         if path and not path.startswith("hf:") and not Path(path).exists():
             raise FileNotFoundError(f"{key} not found: {path}")
     check_output_dir(cfg.output_dir, "output_dir")
+    if cfg.task != "image_classification":
+        from lorakit.vision.checks import image_input_reason
+
+        reason = image_input_reason(cfg.model, [cfg.data, cfg.eval_data])
+        if reason:
+            raise ValueError(f"{reason}; task {cfg.task!r} trains a text model "
+                             "(use --task image_classification, docs/vision.md)")
 
 
 def check_run_dir(cfg: TrainConfig) -> list[str]:

@@ -75,6 +75,10 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
     stopped on request (``control.request_stop``) returns the checkpoint it wrote instead.
     Raises ``TrainingDiverged`` on a NaN/inf loss (checkpoints are kept).
     """
+    if cfg.task == "image_classification":
+        from lorakit.vision.train import train_images
+
+        return train_images(cfg, resume)
     if cfg.method != "sft":
         if resume:
             raise ValueError(f"--resume continues sft runs only; method {cfg.method!r} writes no checkpoints")

@@ -73,9 +73,10 @@ class TrainConfig:
 
     # ---- model ----
     model: str = _f(DEFAULT_MODEL, "embedded model name, local Hugging Face directory or hub id")
-    task: Literal["causal_lm", "seq_cls", "text-to-image", "unconditional"] = _f(
-        "causal_lm", "causal_lm, seq_cls (new head), or a diffusion U-Net LoRA: text-to-image "
-        "(DreamBooth-style) or unconditional (lorakit.diffusion.train)")
+    task: Literal["causal_lm", "seq_cls", "image_classification", "text-to-image", "unconditional"] = _f(
+        "causal_lm", "causal_lm, seq_cls (new head), image_classification (docs/vision.md), or a "
+        "diffusion U-Net LoRA: text-to-image (DreamBooth-style) or unconditional "
+        "(lorakit.diffusion.train)")
     num_labels: int = _f(0, "seq_cls classes; 0 = number of distinct labels in the data")
     full: bool = _f(False, "full fine-tuning: no adapter, every parameter trains")
     quantize: Literal["none", "nf4"] = _f("none", "quantize the frozen base to 4-bit NF4 (QLoRA)")
@@ -104,6 +105,11 @@ class TrainConfig:
     on_bad_row: Literal["error", "skip"] = _f(
         "error", "a bad or too long row stops with file:line, or is skipped and counted")
     packing: bool = _f(False, "pack examples into max_seq_len rows (no cross-example attention)")
+    # ---- images (task image_classification) ----
+    image_size: int = _f(0, "input side for efficientnet-lite0 (0 = 224); HF models use their processor's")
+    augment: Literal["crop-flip", "crop", "none"] = _f(
+        "crop-flip", "train-time augmentation: random resized crop (+ horizontal flip)")
+    augment_min_scale: float = _f(0.08, "smallest crop area as a fraction of the image")
     # ---- optimisation ----
     seed: int = _f(0, "seed for init, shuffling and dropout")
     epochs: int = _f(1, "passes over the training data (ignored when max_steps > 0)")
@@ -160,6 +166,8 @@ def _check(c: TrainConfig) -> None:
     rules = [
         (bool(c.model), "model must not be empty"),
         (c.num_labels >= 0, f"num_labels must be >= 0, got {c.num_labels}"),
+        (c.image_size >= 0, f"image_size must be >= 0, got {c.image_size}"),
+        (0.0 < c.augment_min_scale <= 1.0, f"augment_min_scale must be in (0, 1], got {c.augment_min_scale}"),
         (0.0 <= c.eval_split < 1.0, f"eval_split must be in [0, 1), got {c.eval_split}"),
         (not (c.eval_split and c.eval_data), "give eval_split or eval_data, not both"),
         (not (c.data and c.data_mix), "give data or data_mix, not both"),

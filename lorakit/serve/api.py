@@ -28,11 +28,11 @@ from fastapi import FastAPI, Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 
+from lorakit.serve.connection import ClientGone, read_json, unless_gone
 from lorakit.serve.engine import Delta, Done, EngineClosed, Failed, QueueFull, Request
 from lorakit.serve.registry import RegistryError
-from lorakit.serve.schema import AdapterLoad, APIError, ChatRequest, CompletionRequest, check_json, parse
+from lorakit.serve.schema import AdapterLoad, APIError, ChatRequest, CompletionRequest, parse
 from lorakit.serve.server import AdapterUnavailable, Server
 from lorakit.serve.threads import serial_openmp
 
@@ -69,7 +69,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/adapters")
     async def load_adapter(request: HTTPRequest):
-        body = parse(AdapterLoad, await _json(request, max_body))
+        body = parse(AdapterLoad, await read_json(request, max_body))
         try:
             adapter = await _off_engine(server.load_adapter, body.name, body.path)
         except AdapterUnavailable as err:
@@ -84,7 +84,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
-        body = parse(CompletionRequest, await _json(request, max_body))
+        body = parse(CompletionRequest, await read_json(request, max_body))
         if len(body.prompts()) > server.config.max_queue:
             raise APIError(400, f"prompt: {len(body.prompts())} prompts in one request; this server takes "
                                 f"at most {server.config.max_queue} (--max-queue)", "prompt")
@@ -96,7 +96,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: HTTPRequest):
-        body = parse(ChatRequest, await _json(request, max_body))
+        body = parse(ChatRequest, await read_json(request, max_body))
         params = body.sampling(body.limit(), server.config.default_max_tokens, server.config.max_tokens)
         return await _generate(server, "chat", body, [_chat_ids(server, body)], params, request)
 
@@ -156,33 +156,6 @@ def _check_auth(server: Server, request: HTTPRequest) -> None:
 
 def _error(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
-
-
-async def _json(request: HTTPRequest, limit: int):
-    """The body as JSON, read up to ``limit`` bytes (a chunked body has no content-length for
-    the guard to check). Strict JSON: ``NaN``/``Infinity`` and lone surrogates are refused,
-    naming where they are."""
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise APIError(413, f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise APIError(499, "the client went away while sending the request") from None
-    try:
-        data = json.loads(b"".join(chunks), parse_constant=_no_constant)
-        check_json(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as err:
-        raise APIError(400, f"request body is not valid JSON ({err})") from None
-    except RecursionError:
-        raise APIError(400, "request body is nested too deeply") from None
-    return data
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
 
 
 def _check_prompt(server: Server, ids: list[int]) -> list[int]:
@@ -250,36 +223,6 @@ def _off_engine(fn, *args):
     return run_in_threadpool(call)
 
 
-class _ClientGone(Exception):
-    """The HTTP client disconnected before its answer was ready."""
-
-
-async def _unless_gone(request: HTTPRequest, awaitable, requests):
-    """Await ``awaitable``; if the client disconnects first, cancel ``requests`` (the engine
-    frees their batch places and slots at its next step) and raise _ClientGone."""
-    work = asyncio.ensure_future(awaitable)
-    gone = asyncio.ensure_future(_disconnected(request))
-    left = False
-    try:
-        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not work.done():  # the client left (or this handler itself was cancelled)
-            work.cancel()
-            _cancel(requests)
-            left = True
-    if left:
-        raise _ClientGone
-    return work.result()
-
-
-async def _disconnected(request: HTTPRequest) -> None:
-    """Return once the client has disconnected (the body is already read: ASGI's receive
-    now yields only ``http.disconnect``)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 async def _generate(server: Server, endpoint: str, body, prompts: list[list[int]], params, http: HTTPRequest):
     try:
         adapter = await _off_engine(server.adapter, body.model)
@@ -302,13 +245,13 @@ async def _generate(server: Server, endpoint: str, body, prompts: list[list[int]
     try:
         if not body.stream:
             try:
-                results = await _unless_gone(http, _collect_all(channels), requests)
+                results = await unless_gone(http, _collect_all(channels), lambda: _cancel(requests))
             finally:
                 _cancel(requests)
             server.metrics.latency.observe(time.monotonic() - started, endpoint)
             return shape.full(results)
-        first = await _unless_gone(http, channels[0].queue.get(), requests)
-    except _ClientGone:
+        first = await unless_gone(http, channels[0].queue.get(), lambda: _cancel(requests))
+    except ClientGone:
         raise APIError(499, "the client went away before its answer was ready") from None
     if isinstance(first, Failed):
         _cancel(requests)

@@ -37,6 +37,10 @@ def _bad_adapters(root) -> None:
     (d / "adapter_config.json").write_text(config)
     tensors = load_file(weights)
     save_file({k: t * math.nan if "lora_B" in k else t for k, t in tensors.items()}, d / "adapter_model.safetensors")
+    d = root / "overflow"  # finite in float32, but lora_B * scaling (2) is not
+    d.mkdir()
+    (d / "adapter_config.json").write_text(config)
+    save_file({k: t.sign() * 3e38 if "lora_B" in k else t for k, t in tensors.items()}, d / "adapter_model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +144,7 @@ CASES = [
     ("model-dora", "POST", C, _c(model="dora"), 422, "DoRA"),
     ("model-no-weights", "POST", C, _c(model="noweights"), 422, "adapter_model.safetensors"),
     ("model-nan-weights", "POST", C, _c(model="nan"), 422, "NaN"),
+    ("model-overflowing-weights", "POST", C, _c(model="overflow"), 422, "lora_B * scaling reaches"),
     # body
     ("body-invalid-json", "POST", C, _raw('{"model": "alpha", "prompt": '), 400, "not valid JSON"),
     ("body-array", "POST", C, ["not", "an", "object"], 400, "JSON object"),
@@ -184,6 +189,7 @@ CASES = [
     ("adapter-corrupt", "POST", ADD, {"name": "x9", "path": "corrupt"}, 400, "not a readable safetensors"),
     ("adapter-config-list", "POST", ADD, {"name": "x10", "path": "cfglist"}, 400, "x10"),
     ("adapter-nan", "POST", ADD, {"name": "x11", "path": "nan"}, 400, "NaN"),
+    ("adapter-overflow", "POST", ADD, {"name": "x14", "path": "overflow"}, 400, "beyond the range of the serving dtype"),
     ("adapter-dora", "POST", ADD, {"name": "x12", "path": "dora"}, 400, "DoRA"),
     ("adapter-rank-above-max", "POST", ADD, {"name": "x13", "path": "big"}, 400, "--max-rank"),
     ("adapter-delete-unknown", "DELETE", ADD + "/nope", None, 404, "no adapter 'nope'"),

@@ -37,7 +37,7 @@ def env(tmp_path_factory):
     huge.mkdir()
     (huge / "adapter_config.json").write_text((root / "alpha" / "adapter_config.json").read_text())
     tensors = load_file(root / "alpha" / "adapter_model.safetensors")
-    save_file({k: (t.sign() + (t == 0)) * 3e38 if "lora_B" in k else t for k, t in tensors.items()},
+    save_file({k: (t.sign() + (t == 0)) * 1e38 if "lora_B" in k else t for k, t in tensors.items()},
               huge / "adapter_model.safetensors")
     with one_thread():
         yield base, tok, root, Offline(base, tok, root)
@@ -262,11 +262,19 @@ def _storm(live, http, jobs, hostile: bool):
     the hostile outcomes."""
     client = live.client()
 
+    first_token: list[float] = []
+
     def good(job):
         model, prompt, n, seed = job
         kw = dict(temperature=0) if seed is None else dict(temperature=1.0, top_p=0.9, seed=seed)
+        sent = time.monotonic()
         stream = client.completions.create(model=model or "tiny-base", prompt=prompt, max_tokens=n, stream=True, **kw)
-        return "".join(c.choices[0].text for c in stream)
+        pieces = []
+        for chunk in stream:
+            if not pieces:
+                first_token.append(time.monotonic() - sent)
+            pieces.append(chunk.choices[0].text)
+        return "".join(pieces)
 
     bad = _hostile(live, http) if hostile else []
     order = [("good", j) for j in jobs] + [("bad", b) for b in bad]
@@ -277,6 +285,7 @@ def _storm(live, http, jobs, hostile: bool):
     texts = [r for (kind, _), r in zip(order, results) if kind == "good"]
     outcomes = {item[0]: (r, item[2]) for (kind, item), r in zip(order, results) if kind == "bad"}
     good_jobs = [item for kind, item in order if kind == "good"]
+    print(f"\nworst time to first token of {len(first_token)} good streams: {max(first_token):.2f} s")
     return dict(zip(map(tuple, good_jobs), texts)), outcomes
 
 

@@ -124,36 +124,44 @@ def test_shutdown_answers_a_request_waiting_for_a_slot(setup):
 
 @pytest.fixture(scope="module")
 def huge(setup, tmp_path_factory):
-    """A copy of alpha whose B factors are 3e38: finite (so it loads), but its logits overflow
+    """A copy of alpha whose B factors are 1e38: finite (so it loads), but its logits overflow
     to NaN/inf in float32."""
     _, root = setup
     out = tmp_path_factory.mktemp("huge") / "huge"
     out.mkdir()
     (out / "adapter_config.json").write_text((root / "alpha" / "adapter_config.json").read_text())
     tensors = load_file(root / "alpha" / "adapter_model.safetensors")
-    save_file({k: (t.sign() + (t == 0)) * 3e38 if "lora_B" in k else t for k, t in tensors.items()},
+    save_file({k: (t.sign() + (t == 0)) * 1e38 if "lora_B" in k else t for k, t in tensors.items()},
               out / "adapter_model.safetensors")
     return out.parent
 
 
+NEIGHBOURS = {  # (adapter, prompt, temperature) of the good rows
+    "adapters-and-base": [("alpha", "Hello there", 0.0), ("beta", "1 2 3", 1.0), (None, "Dear diary", 0.7),
+                          ("gamma", "Once upon a time", 0.0), ("alpha", "x", 1.3), (None, "The quick brown", 0.0)],
+    "base-only": [(None, "Hello there", 0.0), (None, "1 2 3", 1.0), (None, "Dear diary", 0.0)],
+}
+
+
+@pytest.mark.parametrize("neighbours", list(NEIGHBOURS))
 @pytest.mark.parametrize("temperature", [1.0, 0.0])
-def test_row_with_non_finite_logits_fails_alone(setup, huge, temperature):
-    """Six good rows (greedy and seeded sampling) + one row on an adapter that overflows: the
-    good rows finish byte-identical to a run without it, the bad one gets 500 naming the cause."""
+def test_row_with_non_finite_logits_fails_alone(setup, huge, temperature, neighbours):
+    """Good rows (greedy and seeded sampling; several adapters and base rows, or base rows only,
+    so that the batch's one adapter is the hostile one) + one row on an adapter that overflows,
+    in slot 0: the good rows finish byte-identical to a run without it, the bad one gets 500
+    naming the cause. (Base rows used to get NaN: their masked-out LoRA term was inf * 0.)"""
     base, root = setup
     tok = tokenizer()
-    jobs = [("alpha", "Hello there", 0.0), ("beta", "1 2 3", 1.0), (None, "Dear diary", 0.7),
-            ("gamma", "Once upon a time", 0.0), ("alpha", "x", 1.3), (None, "The quick brown", 0.0)]
+    jobs = NEIGHBOURS[neighbours]
 
     def run_all(with_hostile):
         run = _Run(base, root, n_slots=4)
-        run.cache.get("huge", huge / "huge")
-        reqs = [run.submit(name, tok(p).input_ids, 24, temperature=t, seed=11 + i)
-                for i, (name, p, t) in enumerate(jobs)]
-        if with_hostile:
+        if with_hostile:  # first, so that it takes slot 0, whose factors base rows are routed to
             run.root = huge
             bad = run.submit("huge", tok("Hello there").input_ids, 24, temperature=temperature, seed=3)
             run.root = root
+        reqs = [run.submit(name, tok(p).input_ids, 24, temperature=t, seed=11 + i)
+                for i, (name, p, t) in enumerate(jobs)]
         run.engine.start()
         results = [run.wait(r) for r in reqs]
         out = [(run.texts.get(r, ""), res.completion_tokens) for r, res in zip(reqs, results)]

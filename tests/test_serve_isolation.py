@@ -7,6 +7,7 @@ requests for the resident one."""
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 import time
 
@@ -18,9 +19,10 @@ from lorakit.serve.cache import HostCache
 from lorakit.serve.engine import Delta, Done, Engine, Failed, Request
 from lorakit.serve.sampling import SamplingParams, next_tokens
 from lorakit.serve.slots import SlotPool
-from tests.test_serve_support import tiny_setup, tokenizer
+from tests.test_serve_support import tiny_setup, tokenizer as load_tokenizer
 
 setup = pytest.fixture(scope="module", name="setup")(tiny_setup)
+tokenizer = functools.cache(load_tokenizer)  # one load (~1 s) for the module
 
 
 class _Run:
@@ -84,20 +86,22 @@ def test_request_waiting_for_a_slot_ends_cleanly(setup, end):
     ids = tokenizer()("Once upon a time").input_ids
     reference = _Run(base, root)
     reference.engine.start()
-    alone = reference.submit("alpha", ids, 480)
+    alone = reference.submit("alpha", ids, 100)
     reference.wait(alone)
     reference.engine.stop()
 
     run = _Run(base, root)
+    activate = run.pool.activate
+    run.pool.activate = lambda slots: (time.sleep(0.005), activate(slots))  # >= 0.5 s for 100 tokens
     run.engine.start()
-    long = run.submit("alpha", ids, 480)
+    long = run.submit("alpha", ids, 100)
     _wait_running(run)
     waiting = run.submit("beta", ids, 5, timeout=0.05 if end == "timeout" else None)
     if end == "cancel":
         time.sleep(0.1)
         waiting.cancel()
     result = run.wait(long)
-    assert isinstance(result, Done) and result.completion_tokens == 480
+    assert isinstance(result, Done) and result.completion_tokens == 100
     assert run.texts[long] == reference.texts[alone]
     if end == "timeout":
         failed = run.wait(waiting)
@@ -158,9 +162,9 @@ def test_row_with_non_finite_logits_fails_alone(setup, huge, temperature, neighb
         run = _Run(base, root, n_slots=4)
         if with_hostile:  # first, so that it takes slot 0, whose factors base rows are routed to
             run.root = huge
-            bad = run.submit("huge", tok("Hello there").input_ids, 24, temperature=temperature, seed=3)
+            bad = run.submit("huge", tok("Hello there").input_ids, 12, temperature=temperature, seed=3)
             run.root = root
-        reqs = [run.submit(name, tok(p).input_ids, 24, temperature=t, seed=11 + i)
+        reqs = [run.submit(name, tok(p).input_ids, 12, temperature=t, seed=11 + i)
                 for i, (name, p, t) in enumerate(jobs)]
         run.engine.start()
         results = [run.wait(r) for r in reqs]

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorakit.serve.cache import HostCache
-from lorakit.serve.engine import Delta, Done, Engine, Failed, Request
+from lorakit.serve.engine import Delta, Done, Engine, Failed, Request, prefill_groups
 from lorakit.serve.sampling import SamplingParams, next_tokens
 from lorakit.serve.slots import SlotPool
 from tests.test_serve_support import tiny_setup, tokenizer as load_tokenizer
@@ -212,3 +212,40 @@ def test_slots_are_granted_in_arrival_order(setup):
     assert all(other.admitted < r.admitted for r in later), [r.admitted - other.admitted for r in later]
     # beta waited for the one request that held the slot, and not for anything after it
     assert other.admitted - run.answered[first] < 1.0
+
+
+def test_prefill_failure_fails_only_the_request_that_fails_alone(setup):
+    """Three requests prefilled in one group (prompts of one length, queued before the first
+    step); the forward fails whenever beta's slot is in it:
+    the group is retried one request at a time, alpha and the base finish with their own text
+    (equal to a run without beta), and only beta gets 500."""
+    base, root = setup
+    jobs = [("alpha", [5, 6, 7]), (None, [8, 9, 10]), ("beta", [11, 12, 13])]
+
+    def run_all(with_beta):
+        run = _Run(base, root, n_slots=2)
+        activate, beta = run.pool.activate, run.cache.get("beta", root / "beta")
+
+        def fragile(slots):
+            if any(s >= 0 and run.pool.key_of[s] == beta.key for s in slots):
+                raise RuntimeError("simulated failure of beta's forward")
+            activate(slots)
+
+        run.pool.activate = fragile
+        reqs = [run.submit(name, ids, 6) for name, ids in jobs if with_beta or name != "beta"]
+        run.engine.start()
+        results = [run.wait(r) for r in reqs]
+        run.idle()
+        run.engine.stop()
+        return [(run.texts.get(r, ""), type(res).__name__) for r, res in zip(reqs, results)], results
+
+    clean, _ = run_all(False)
+    mixed, results = run_all(True)
+    assert mixed[:2] == clean and [kind for _, kind in clean] == ["Done", "Done"]
+    assert isinstance(results[2], Failed) and results[2].status == 500 and "simulated" in results[2].message
+    assert calls_of_one_group(jobs) == 1
+
+
+def calls_of_one_group(jobs) -> int:
+    """How many prefill forwards the jobs' prompts take together (1: they share one group)."""
+    return len(prefill_groups([Request(ids, SamplingParams(), print) for _, ids in jobs]))

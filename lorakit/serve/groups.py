@@ -93,7 +93,7 @@ class SlotGroup:
             flat = y_ext.reshape(-1, y_ext.shape[-1])
             h = flat[:, self.width:]
             if pool.base_rows is not None:  # base-only rows of the batch get no update (exact 0)
-                h = h.reshape(pool.base_rows.shape[0], -1, h.shape[-1]).masked_fill(pool.base_rows, 0).reshape(h.shape)
+                h = h.reshape(pool.slot.shape[0], -1, h.shape[-1]).index_fill_(0, pool.base_rows, 0).reshape(h.shape)
             y = torch.addmm(flat[:, : self.width], h, self.b_blk.t())
             return y.reshape(*x.shape[:-1], self.width)
         y = F.linear(x, self.ext[: self.width])

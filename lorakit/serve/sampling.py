@@ -51,16 +51,18 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
-def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token id from ``logits [vocab]`` (float32, finite maximum) under ``params``.
+def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
+               top: torch.Tensor | None = None) -> int:
+    """One token id from ``logits [vocab]`` (float32, finite maximum ``top``, computed if not
+    given) under ``params``.
 
-    ``softmax((logits - max) / temperature)``: shifting by the maximum first keeps every
+    ``softmax((logits - top) / temperature)``: shifting by the maximum first keeps every
     exponent <= 0, so no temperature in range overflows. Top-p keeps the smallest set of most
     likely tokens whose probability reaches ``top_p`` (the most likely token is always kept).
     """
     if params.greedy:
         return int(logits.argmax())
-    probs = torch.softmax((logits - logits.max()) / params.temperature, dim=-1)
+    probs = torch.softmax((logits - (logits.max() if top is None else top)) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
@@ -77,5 +79,5 @@ def next_tokens(logits: torch.Tensor, params: list[SamplingParams],
     logits = logits.float()
     top, greedy = logits.max(-1)
     tokens = greedy.masked_fill_(~torch.isfinite(top), -1).tolist()
-    return [tok if p.greedy or tok < 0 else sample_row(logits[i], p, generators[i])
+    return [tok if p.greedy or tok < 0 else sample_row(logits[i], p, generators[i], top[i])
             for i, (p, tok) in enumerate(zip(params, tokens))]

@@ -122,10 +122,10 @@ class SlotPool:
 
     @property
     def base_rows(self) -> torch.Tensor | None:
-        """``[rows, 1, 1]`` bool: True for base-only rows; None if every row has an adapter.
+        """``[n]`` long: the base-only rows of the step; None if every row has an adapter.
         Their LoRA term is computed with some slot's factors and then set to exactly 0 with
-        ``masked_fill`` (multiplying by 0 would turn an overflowed inf into NaN and let one
-        adapter poison another request's row)."""
+        ``index_fill_`` (multiplying by 0 would turn an overflowed inf into NaN and let one
+        adapter poison another request's row; a broadcast ``masked_fill`` was 2-8x slower)."""
         return self._base_rows
 
     # ---- the RowAdapters protocol -----------------------------------------------------------
@@ -148,7 +148,7 @@ class SlotPool:
         if self._only is not None:
             h = torch.matmul(F.linear(x.to(a.dtype), a[self._only, :r]), b[self._only, :r])
             if self._base_rows is not None:  # base-only rows in the batch get no update
-                h = h.reshape(self._base_rows.shape[0], -1, h.shape[-1]).masked_fill(self._base_rows, 0).reshape(h.shape)
+                h = h.reshape(self.slot.shape[0], -1, h.shape[-1]).index_fill_(0, self._base_rows, 0).reshape(h.shape)
             scale = self._scale[id(layer)][self._only]
             return result.add_(h, alpha=scale) if in_place else result + h.to(result.dtype) * scale
         rows = self.slot.shape[0]
@@ -164,7 +164,7 @@ class SlotPool:
         h = torch.bmm(h, b[:, :r].index_select(0, self._safe))
         h = h * s.index_select(0, self._safe).to(h.dtype)[:, None, None]
         if self._base_rows is not None:
-            h = h.masked_fill_(self._base_rows, 0)
+            h = h.index_fill_(0, self._base_rows, 0)
         h = h.reshape(result.shape)
         return result.add_(h) if in_place else result + h.to(result.dtype)
 
@@ -179,7 +179,7 @@ class SlotPool:
             self._only = next(iter(used)) if len(used) == 1 else None
             self.slot = torch.tensor(slot_per_row, dtype=torch.long, device=self.device)
             self._safe = self.slot.clamp(min=0)
-            self._base_rows = (self.slot < 0)[:, None, None] if min(slot_per_row) < 0 else None
+            self._base_rows = (self.slot < 0).nonzero().flatten() if min(slot_per_row) < 0 else None
             self._rank = max(self.rank_of[i] for i in used)
             for i in used:
                 active |= self._targets[i]

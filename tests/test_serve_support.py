@@ -5,6 +5,7 @@ real SmolLM2 tokenizer's vocabulary, PEFT adapter directories written by lorakit
 from __future__ import annotations
 
 import copy
+import logging
 import socket
 import threading
 import time
@@ -150,3 +151,30 @@ class LiveServer:
 def make_server(base, tok, root, **overrides) -> Server:
     config = ServeConfig(adapters=str(root), dtype="float32", served_model_name="tiny-base", **overrides)
     return Server(config, copy.deepcopy(base), tok)
+
+
+class LogErrors(logging.Handler):
+    """Collects every log record that carries a traceback or is an ERROR, from the root,
+    uvicorn's and lorakit's loggers while in use (uvicorn's do not propagate to the root)."""
+
+    NAMES = ("", "uvicorn", "uvicorn.error", "lorakit")
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record):
+        if record.exc_info or record.levelno >= logging.ERROR or "Traceback" in record.getMessage():
+            self.records.append(record)
+
+    def __enter__(self) -> "LogErrors":
+        for name in self.NAMES:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.NAMES:
+            logging.getLogger(name).removeHandler(self)
+
+    def messages(self, since: int = 0) -> list[str]:
+        return [r.getMessage() for r in self.records[since:]]

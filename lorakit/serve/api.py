@@ -9,7 +9,9 @@
     GET  /metrics                  Prometheus text
 
 The ``model`` field of a request names an adapter or the base model. Every error is a JSON
-``{"error": {...}}`` with a reason; no traceback ever reaches the client.
+``{"error": {...}}`` with a reason; no traceback ever reaches the client, and a client error
+leaves none in the log. A client that goes away (before its first token or during a stream)
+cancels its generation, which frees its batch place and adapter slot at the next step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lorakit.serve.connection import ClientGone, read_json, unless_gone
 from lorakit.serve.engine import Delta, Done, EngineClosed, Failed, QueueFull, Request
 from lorakit.serve.registry import RegistryError
 from lorakit.serve.schema import AdapterLoad, APIError, ChatRequest, CompletionRequest, parse
@@ -49,7 +52,8 @@ def create_app(server: Server) -> FastAPI:
     @app.get("/health")
     async def health():
         running, waiting = server.engine.counts()
-        return {"status": "ok", "model": server.model_id, "running": running, "waiting": waiting}
+        return {"status": "ok", "model": server.model_id, "running": running, "waiting": waiting,
+                "in_flight": server.engine.in_flight}
 
     @app.get("/metrics")
     async def metrics():
@@ -65,7 +69,7 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/adapters")
     async def load_adapter(request: HTTPRequest):
-        body = parse(AdapterLoad, await _json(request))
+        body = parse(AdapterLoad, await read_json(request, max_body))
         try:
             adapter = await _off_engine(server.load_adapter, body.name, body.path)
         except AdapterUnavailable as err:
@@ -80,26 +84,34 @@ def create_app(server: Server) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: HTTPRequest):
-        body = parse(CompletionRequest, await _json(request))
+        body = parse(CompletionRequest, await read_json(request, max_body))
+        if len(body.prompts()) > server.config.max_queue:
+            raise APIError(400, f"prompt: {len(body.prompts())} prompts in one request; this server takes "
+                                f"at most {server.config.max_queue} (--max-queue)", "prompt")
         prompts = [_token_ids(server, p) for p in body.prompts()]
         if not prompts:
             raise APIError(400, "prompt is empty", "prompt")
         params = body.sampling(body.max_tokens, server.config.default_max_tokens, server.config.max_tokens)
-        return await _generate(server, "completions", body, prompts, params)
+        return await _generate(server, "completions", body, prompts, params, request)
 
     @app.post("/v1/chat/completions")
     async def chat(request: HTTPRequest):
-        body = parse(ChatRequest, await _json(request))
+        body = parse(ChatRequest, await read_json(request, max_body))
         params = body.sampling(body.limit(), server.config.default_max_tokens, server.config.max_tokens)
-        return await _generate(server, "chat", body, [_chat_ids(server, body)], params)
+        return await _generate(server, "chat", body, [_chat_ids(server, body)], params, request)
 
     server_started = time.time()
+    max_body = _max_body(server)
     return app
+
+
+def _max_body(server: Server) -> int:
+    return max(1 << 20, server.config.max_prompt_tokens * 64)
 
 
 def _install_guards(app: FastAPI, server: Server) -> None:
     """Auth, body size, request counting, and errors in OpenAI's shape."""
-    max_body = max(1 << 20, server.config.max_prompt_tokens * 64)
+    max_body = _max_body(server)
 
     @app.middleware("http")
     async def guard(request: HTTPRequest, call_next):
@@ -146,14 +158,6 @@ def _error(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
 
 
-async def _json(request: HTTPRequest):
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise APIError(400, f"request body is not valid JSON ({err})") from None
-
-
 def _check_prompt(server: Server, ids: list[int]) -> list[int]:
     limit = server.config.max_prompt_tokens
     if server.max_length:
@@ -183,7 +187,11 @@ def _chat_ids(server: Server, body: ChatRequest) -> list[int]:
     if not getattr(tok, "chat_template", None):
         raise APIError(400, f"the base model {server.model_id!r} has no chat template; use /v1/completions")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as err:  # a template's raise_exception (jinja2 TemplateError): the messages' fault
+        raise APIError(400, f"messages: the chat template of {server.model_id!r} refused them "
+                            f"({type(err).__name__}: {err})", "messages") from None
     if len(text) > server.config.max_prompt_tokens * 32:
         raise APIError(413, f"conversation of {len(text)} characters is far beyond the "
                             f"{server.config.max_prompt_tokens}-token limit")
@@ -215,7 +223,7 @@ def _off_engine(fn, *args):
     return run_in_threadpool(call)
 
 
-async def _generate(server: Server, endpoint: str, body, prompts: list[list[int]], params):
+async def _generate(server: Server, endpoint: str, body, prompts: list[list[int]], params, http: HTTPRequest):
     try:
         adapter = await _off_engine(server.adapter, body.model)
     except AdapterUnavailable as err:
@@ -234,19 +242,26 @@ async def _generate(server: Server, endpoint: str, body, prompts: list[list[int]
         _cancel(requests)
         raise APIError(503, str(err)) from None
     shape = _Shape(endpoint, body.model)
-    if not body.stream:
-        try:
-            results = [await _collect(ch) for ch in channels]
-        finally:
-            _cancel(requests)
-        server.metrics.latency.observe(time.monotonic() - started, endpoint)
-        return shape.full(results)
-    first = await channels[0].queue.get()
+    try:
+        if not body.stream:
+            try:
+                results = await unless_gone(http, _collect_all(channels), lambda: _cancel(requests))
+            finally:
+                _cancel(requests)
+            server.metrics.latency.observe(time.monotonic() - started, endpoint)
+            return shape.full(results)
+        first = await unless_gone(http, channels[0].queue.get(), lambda: _cancel(requests))
+    except ClientGone:
+        raise APIError(499, "the client went away before its answer was ready") from None
     if isinstance(first, Failed):
         _cancel(requests)
         raise APIError(first.status, first.message)
     return StreamingResponse(_sse(server, shape, channels, requests, first, started),
                              media_type="text/event-stream")
+
+
+async def _collect_all(channels: list[_Channel]) -> list[Done]:
+    return [await _collect(ch) for ch in channels]
 
 
 async def _collect(channel: _Channel) -> Done:

@@ -12,6 +12,7 @@ directories serve unchanged in vLLM for the kinds vLLM accepts (see docs/serving
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -113,7 +114,15 @@ def _check_pair(module, pair, shape, config: LoraConfig, source: Path, dtype):
                          f"the base layer needs A (r, {in_f}) and B ({out_f}, r)")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise ValueError(f"{source}: {module} holds NaN or inf values")
-    return a.to(dtype).contiguous(), b.to(dtype).contiguous(), config.scaling_for(module)
+    scaling = config.scaling_for(module)
+    # The slots hold A, B and (in layer groups) B * scaling in ``dtype``: an inf there would
+    # reach other requests' rows as inf * 0 = NaN, so what does not fit is refused here.
+    for which, t, factor in (("lora_A", a, 1.0), ("lora_B", b, 1.0), ("lora_B * scaling", b, scaling)):
+        largest = t.abs().amax().double().item() * abs(factor)
+        if not math.isfinite(torch.tensor(largest, dtype=dtype).item()):
+            raise ValueError(f"{source}: {module} {which} reaches {largest:.3g}, beyond the range of "
+                             f"the serving dtype {str(dtype).removeprefix('torch.')}")
+    return a.to(dtype).contiguous(), b.to(dtype).contiguous(), scaling
 
 
 class HostCache:

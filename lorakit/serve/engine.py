@@ -9,6 +9,11 @@ one decode step for every running sequence together. Row ``b`` of a step uses it
 adapter slot, so requests for different adapters share every base matmul. Finished sequences
 leave the batch between steps.
 
+Isolation: what happens to one row after the shared forward (choosing its token, decoding its
+text, a stop string) is contained in that row: a failure ends that request alone with 500. A
+prefill forward that fails for a group is retried one request at a time, so only the request
+that fails alone is answered with 500. Admission is in arrival order (``_admit``).
+
 The API thread only calls ``submit``, ``call_soon``, ``close`` and ``stop``; results come back
 through each request's ``emit`` callable (``Delta``, then ``Done`` or ``Failed``), called from
 the engine thread.
@@ -79,6 +84,7 @@ class Request:
     cancelled: bool = False
     # engine-thread state
     slot: int = -1
+    admitted: float | None = None  # time.monotonic() when it left the waiting queue
     stream: TextStream | None = None
     generator: torch.Generator | None = None
     last_token: int = -1
@@ -172,6 +178,11 @@ class Engine:
         """(running, waiting) right now."""
         return len(self._running), len(self._waiting)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet answered (Done or Failed)."""
+        return self._in_flight
+
     def close(self) -> None:
         """Take no new requests; the ones in flight go on."""
         with self._cv:
@@ -200,9 +211,12 @@ class Engine:
                     if self._stopping:
                         break
                     calls, self._calls = self._calls, []
-                try:
-                    for fn in calls:
+                for fn in calls:
+                    try:
                         fn()
+                    except Exception:  # bookkeeping for one adapter must not fail the batch
+                        log.exception("engine call failed")
+                try:
                     self._step()
                 except Exception as err:  # a failing forward must not kill the server
                     log.exception("engine step failed")
@@ -242,30 +256,44 @@ class Engine:
         if len(keep) < len(self._running):
             self._kv.keep(keep)
             self._running = [self._running[i] for i in keep]
-        for req in gone:
-            self._end(req, Failed(504, f"request timed out after {req.timeout:g} s"))
+        for req in gone:  # a cancelled request's client is gone: _end sends it nothing
+            self._end(req, Failed(504, f"request timed out after {req.timeout:g} s") if not req.cancelled
+                      else Failed(499, "the client went away"))
 
     def _admit(self) -> list[Request]:
-        """Take waiting requests (FIFO, skipping those whose adapter finds no free slot yet)
-        while the batch has room and this step's prefill budget lasts."""
-        picked, budget = [], self.prefill_tokens_per_step
+        """Take waiting requests in arrival order while the batch has room and this step's
+        prefill budget lasts.
+
+        Fairness: once a request finds every slot pinned, no later request that needs a slot
+        is admitted before it (a later request for a resident adapter would pin the slot it
+        waits for, and could do so forever); later base-model requests, which pin no slot,
+        still are. So a request waits at most for the running sequences of the slots ahead
+        of it, never for requests that arrived after it."""
+        picked, budget, blocked = [], self.prefill_tokens_per_step, False
+        now = time.monotonic()
         with self._cv:
             for req in list(self._waiting):
                 if len(self._running) + len(picked) >= self.max_batch or budget <= 0:
                     break
                 if req.adapter is not None:
+                    if blocked:
+                        continue
                     misses = self.pool.misses
                     try:
-                        req.slot = self.pool.acquire(req.adapter)
+                        slot = self.pool.acquire(req.adapter)
                     except ValueError as err:  # e.g. a rank above the pool's
                         self._waiting.remove(req)
                         self._end(req, Failed(422, str(err)))
                         continue
-                    if req.slot is None:
+                    if slot is None:
+                        blocked = True
                         continue
+                    req.slot = slot
                     result = "miss" if self.pool.misses > misses else "hit"
                     self.metrics.adapter_cache.inc(1, "slot", result)
                 self._waiting.remove(req)
+                req.admitted = now
+                self.metrics.queue_wait.observe(now - req.created)
                 picked.append(req)
                 budget -= len(req.prompt_ids)
         return picked
@@ -277,7 +305,8 @@ class Engine:
     def _prefill(self, group: list[Request]) -> None:
         """One forward over ``group``'s prompts, left-padded to the longest (a padded key is
         masked; positions count real tokens only), then each row's first token; rows that go
-        on join the running batch with their KV cache."""
+        on join the running batch with their KV cache. If the forward fails, each request is
+        prefilled alone, so only one that fails by itself is answered with 500."""
         lengths = [len(r.prompt_ids) for r in group]
         width, pad = max(lengths), self.tokenizer.pad_token_id or 0
         kw = dict(self._keep_last)
@@ -290,16 +319,21 @@ class Engine:
             cache = new_cache()
             out = self._forward(ids.to(self.pool.device), cache, [r.slot for r in group], **kw)
         except Exception as err:
+            if len(group) > 1:
+                log.warning("prefill of %d requests failed (%s: %s); prefilling them one at a time",
+                            len(group), type(err).__name__, err)
+                for req in group:
+                    self._prefill([req])
+                return
             log.exception("prefill failed")
-            for req in group:
-                self._end(req, Failed(500, f"generation failed: {type(err).__name__}: {err}"))
+            self._end(group[0], Failed(500, f"generation failed: {type(err).__name__}: {err}"))
             return
         self.metrics.prompt_tokens.inc(sum(lengths))
         for req in group:
             req.stream = TextStream(self.tokenizer, req.params.stop)
             req.generator = make_generator(req.params.seed)
         tokens = next_tokens(out.logits[:, -1], [r.params for r in group], [r.generator for r in group])
-        keep = [i for i, (req, token) in enumerate(zip(group, tokens)) if self._advance(req, token)]
+        keep = self._take(group, tokens)
         if keep:
             joining = BatchKV()
             joining.join(cache, lengths)
@@ -317,10 +351,29 @@ class Engine:
         self._kv.grew(1)
         self.metrics.batch_size.observe(len(reqs))
         tokens = next_tokens(out.logits[:, -1], [r.params for r in reqs], [r.generator for r in reqs])
-        keep = [i for i, (req, token) in enumerate(zip(reqs, tokens)) if self._advance(req, token)]
+        keep = self._take(reqs, tokens)
         if len(keep) < len(reqs):
             self._kv.keep(keep)
             self._running = [reqs[i] for i in keep]
+
+    def _take(self, reqs: list[Request], tokens: list[int]) -> list[int]:
+        """Advance row ``i`` by ``tokens[i]`` (-1: its logits were not finite); return the rows
+        that go on. A row that fails here is answered with 500 alone."""
+        keep = []
+        for i, (req, token) in enumerate(zip(reqs, tokens)):
+            try:
+                if token < 0:
+                    log.warning("request failed: the model's logits are not finite (adapter %s)",
+                                req.adapter.name if req.adapter else "none")
+                    self._end(req, Failed(500, "generation failed: the model's logits for this request "
+                                               "are not finite (NaN or inf); the adapter's weights may be "
+                                               "too large for the serving dtype"))
+                elif self._advance(req, token):
+                    keep.append(i)
+            except Exception as err:  # a bug in one row's text handling ends that row only
+                log.exception("request failed after its forward")
+                self._end(req, Failed(500, f"generation failed: {type(err).__name__}: {err}"))
+        return keep
 
     def _advance(self, req: Request, token: int) -> bool:
         """Take one new token for ``req``; emit text; return False once it finished."""

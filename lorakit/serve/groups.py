@@ -92,8 +92,8 @@ class SlotGroup:
             y_ext = F.linear(x, self.ext)
             flat = y_ext.reshape(-1, y_ext.shape[-1])
             h = flat[:, self.width:]
-            if pool.row_mask is not None:  # base-only rows of the batch get no update
-                h = (h.reshape(pool.row_mask.shape[0], -1, h.shape[-1]) * pool.row_mask[:, None, None]).reshape(h.shape)
+            if pool.base_rows is not None:  # base-only rows of the batch get no update (exact 0)
+                h = h.reshape(pool.slot.shape[0], -1, h.shape[-1]).index_fill_(0, pool.base_rows, 0).reshape(h.shape)
             y = torch.addmm(flat[:, : self.width], h, self.b_blk.t())
             return y.reshape(*x.shape[:-1], self.width)
         y = F.linear(x, self.ext[: self.width])

@@ -110,6 +110,8 @@ class ServerMetrics:
                                  LATENCY_BUCKETS, ("endpoint",))
         self.ttft = Histogram("lorakit_time_to_first_token_seconds", "Arrival to first generated token",
                               LATENCY_BUCKETS)
+        self.queue_wait = Histogram("lorakit_queue_wait_seconds", "Arrival to admission into the batch",
+                                    LATENCY_BUCKETS)
         self.gauges: list[Gauge] = []
 
     def gauge(self, name: str, help_text: str, read) -> None:
@@ -117,5 +119,5 @@ class ServerMetrics:
 
     def render(self) -> str:
         parts = [self.requests, self.prompt_tokens, self.generation_tokens, self.adapter_cache,
-                 self.batch_size, self.latency, self.ttft, *self.gauges]
+                 self.batch_size, self.latency, self.ttft, self.queue_wait, *self.gauges]
         return "\n".join(line for metric in parts for line in metric.render()) + "\n"

@@ -3,7 +3,8 @@
 Adapters come from three places: ``--adapter NAME=PATH`` (the operator's, any path), the
 sub-directories of ``--adapters DIR`` (each one holding ``adapter_config.json`` is an adapter
 named after it, found at start-up or on first request), and ``POST /v1/adapters`` (network
-input: the path must resolve, symlinks followed, to a directory inside ``DIR``).
+input: the path must resolve, symlinks followed, to a directory inside ``DIR``). A name removed
+(``DELETE``) stays removed, even if ``DIR`` holds it, until it is added again.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class AdapterRegistry:
             raise FileNotFoundError(f"adapters directory not found: {root}")
         self.base_name = base_name
         self._paths: dict[str, Path] = {}
+        self._removed: set[str] = set()  # not found in root again until add()ed
         self._lock = threading.Lock()
         if self.root is not None:
             for sub in sorted(self.root.iterdir()):
@@ -59,6 +61,7 @@ class AdapterRegistry:
             if name in self._paths:
                 raise RegistryError(409, f"adapter {name!r} is already loaded; DELETE /v1/adapters/{name} first")
             self._paths[name] = resolved
+            self._removed.discard(name)
         return resolved
 
     def _resolve(self, name: str, path, trusted: bool) -> Path:
@@ -69,15 +72,25 @@ class AdapterRegistry:
                                      "with --adapters DIR")
         if path is not None and not isinstance(path, str):
             raise RegistryError(400, "adapter path must be a string")
-        resolved = (self.root / (path or name)).resolve()
-        if not resolved.is_relative_to(self.root):
-            raise RegistryError(403, f"adapter path {path!r} is outside the adapters directory")
+        if path is not None and "\x00" in path:
+            raise RegistryError(400, f"adapter path {path!r} holds a NUL byte")
+        try:
+            resolved = (self.root / (path or name)).resolve()
+            if not resolved.is_relative_to(self.root):
+                raise RegistryError(403, f"adapter path {path!r} is outside the adapters directory")
+            (resolved / CONFIG_NAME).is_file()
+        except OSError as err:  # e.g. a name too long for the file system
+            raise RegistryError(400, f"adapter path {repr(path)[:200]} cannot be used: {err.strerror}") from None
         return resolved
 
-    def remove(self, name: str) -> Path:
+    def remove(self, name: str, sticky: bool = True) -> Path:
+        """Forget ``name``. ``sticky``: it is not found in ``root`` again until ``add`` (a
+        DELETE); else it may be (undoing an ``add`` whose files then failed to load)."""
         with self._lock:
             if name not in self._paths:
                 raise RegistryError(404, f"no adapter {name!r}; loaded adapters: {sorted(self._paths)}")
+            if sticky:
+                self._removed.add(name)
             return self._paths.pop(name)
 
     def lookup(self, name: str) -> Path | None:
@@ -86,13 +99,15 @@ class AdapterRegistry:
         with self._lock:
             if name in self._paths:
                 return self._paths[name]
+            if name in self._removed:
+                return None
         if self.root is None or not NAME.match(name) or name == self.base_name:
             return None
         candidate = (self.root / name).resolve()
         if not candidate.is_relative_to(self.root) or not (candidate / CONFIG_NAME).is_file():
             return None
         with self._lock:
-            return self._paths.setdefault(name, candidate)
+            return None if name in self._removed else self._paths.setdefault(name, candidate)
 
     def names(self) -> list[str]:
         with self._lock:

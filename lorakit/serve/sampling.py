@@ -8,10 +8,17 @@ from dataclasses import dataclass
 import torch
 
 
+# Temperatures below this are greedy (vLLM's _SAMPLING_EPS): dividing logits by a smaller one
+# only sharpens the distribution onto the argmax, and near 1e-38 the division underflows.
+GREEDY_BELOW = 1e-5
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request decoding settings. ``temperature == 0`` is greedy (argmax); ``stop`` strings
-    end the text before the first occurrence of any of them."""
+    """Per-request decoding settings. ``temperature`` below ``GREEDY_BELOW`` (so 0) is greedy
+    (argmax); ``stop`` strings end the text before the first occurrence of any of them;
+    ``seed`` lies in ``SEED_RANGE``."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -26,10 +33,12 @@ class SamplingParams:
             raise ValueError(f"temperature must be in [0, 2], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ValueError(f"seed must be in [-2**63, 2**64 - 1], got {self.seed}")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -42,15 +51,18 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
-def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token id from ``logits [vocab]`` (float32) under ``params``.
+def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator,
+               top: torch.Tensor | None = None) -> int:
+    """One token id from ``logits [vocab]`` (float32, finite maximum ``top``, computed if not
+    given) under ``params``.
 
-    Top-p keeps the smallest set of most likely tokens whose probability reaches ``top_p``
-    (the most likely token is always kept).
+    ``softmax((logits - top) / temperature)``: shifting by the maximum first keeps every
+    exponent <= 0, so no temperature in range overflows. Top-p keeps the smallest set of most
+    likely tokens whose probability reaches ``top_p`` (the most likely token is always kept).
     """
     if params.greedy:
         return int(logits.argmax())
-    probs = torch.softmax(logits / params.temperature, dim=-1)
+    probs = torch.softmax((logits - (logits.max() if top is None else top)) / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
@@ -61,8 +73,11 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
 
 def next_tokens(logits: torch.Tensor, params: list[SamplingParams],
                 generators: list[torch.Generator]) -> list[int]:
-    """Next token of each row of ``logits [rows, vocab]``; greedy rows share one argmax."""
+    """Next token of each row of ``logits [rows, vocab]``; greedy rows share one argmax. A row
+    whose maximum is not finite (a NaN, +inf, or nothing but -inf: the model overflowed) gets
+    -1, whatever its sampling; that check reuses the argmax's values, so it costs nothing."""
     logits = logits.float()
-    greedy = logits.argmax(-1).tolist()
-    return [greedy[i] if p.greedy else sample_row(logits[i], p, generators[i])
-            for i, p in enumerate(params)]
+    top, greedy = logits.max(-1)
+    tokens = greedy.masked_fill_(~torch.isfinite(top), -1).tolist()
+    return [tok if p.greedy or tok < 0 else sample_row(logits[i], p, generators[i], top[i])
+            for i, (p, tok) in enumerate(zip(params, tokens))]

@@ -12,12 +12,12 @@ from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from lorakit.serve.sampling import SamplingParams
+from lorakit.serve.sampling import SEED_RANGE, SamplingParams
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 409: "conflict_error", 413: "invalid_request_error",
-                422: "invalid_request_error", 429: "rate_limit_error", 503: "server_error",
-                504: "timeout_error"}
+                422: "invalid_request_error", 429: "rate_limit_error", 499: "client_closed_request",
+                503: "server_error", 504: "timeout_error"}
 
 
 class APIError(Exception):
@@ -39,7 +39,7 @@ class _Sampling(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: Union[str, list[str], None] = Field(default=None, validate_default=True)
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
@@ -66,8 +66,11 @@ class _Sampling(BaseModel):
         n = max_tokens if max_tokens is not None else min(default, cap)
         if n > cap:
             raise APIError(400, f"max_tokens {n} exceeds this server's limit of {cap}", "max_tokens")
-        return SamplingParams(max_tokens=n, temperature=self.temperature, top_p=self.top_p,
-                              seed=self.seed, stop=tuple(self.stop))
+        try:
+            return SamplingParams(max_tokens=n, temperature=self.temperature, top_p=self.top_p,
+                                  seed=self.seed, stop=tuple(self.stop))
+        except ValueError as err:  # the fields are checked above; this is the library's own check
+            raise APIError(400, str(err), str(err).split()[0]) from None
 
 
 class CompletionRequest(_Sampling):
@@ -117,6 +120,25 @@ class AdapterLoad(BaseModel):
 
     name: str
     path: str | None = None
+
+
+def check_json(data, where: str = "") -> None:
+    """Refuse strings that are not valid Unicode (a lone UTF-16 surrogate such as ``"\\ud800"``
+    is legal JSON, but no tokenizer or file system takes it), naming the field they are in."""
+    if isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise APIError(400, f"{where or 'body'}: string holds a lone surrogate "
+                                f"({data[err.start]!r} at character {err.start}), which is not valid "
+                                "Unicode", where or None) from None
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            check_json(key, where)
+            check_json(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_json(value, f"{where}.{i}" if where else str(i))
 
 
 def parse(model: type[BaseModel], data) -> BaseModel:

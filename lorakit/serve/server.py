@@ -58,7 +58,7 @@ class Server:
         try:
             return self.adapter(name)
         except AdapterUnavailable:
-            self.registry.remove(name)
+            self.registry.remove(name, sticky=False)
             raise
 
     def unload_adapter(self, name: str) -> None:
@@ -79,7 +79,7 @@ class Server:
         hits = self.cache.hits
         try:
             adapter = self.cache.get(name, path)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:  # the files' fault
             raise AdapterUnavailable(f"adapter {name!r} cannot be served: {err}") from None
         self.metrics.adapter_cache.inc(1, "host", "hit" if self.cache.hits > hits else "miss")
         if adapter.max_rank > self.pool.max_rank:

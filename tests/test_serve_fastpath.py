@@ -127,7 +127,12 @@ def _threads() -> int:
                     reason="needs Linux, torch's OpenMP runtime and 2+ CPUs")
 def test_openmp_pool_release_and_serial_threads():
     """The engine thread must be the only one with an OpenMP pool: ``release_openmp_pool`` ends
-    the caller's worker threads, and a ``serial_openmp`` thread runs parallel ops on itself."""
+    the caller's worker threads, and a ``serial_openmp`` thread runs parallel ops on itself.
+    scikit-learn is imported first: it maps a vendored libgomp of its own, which must not be
+    the runtime paused (the suite imports it in other tests, and so does `lorakit ui`)."""
+    import sklearn.datasets  # noqa: F401  (loads sklearn's libgomp; scikit-learn is in lorakit[dev])
+
+    _openmp.cache_clear()
     torch.set_num_threads(2)  # the module's fixture may have set 1 (restored by it)
     big = torch.randn(1500, 1500)
     (big @ big).sum()  # this thread now has a pool

@@ -35,14 +35,17 @@ _serial = threading.local()
 @functools.cache
 def _openmp() -> ctypes.CDLL | None:
     """The OpenMP runtime torch loaded (libgomp, libiomp5 or libomp), found in this process's
-    memory map; None if there is none or no /proc."""
+    memory map; None if there is none or no /proc. Other packages map runtimes of their own
+    (scikit-learn ships a vendored libgomp): the one in torch's own lib directory comes first,
+    since pausing another runtime frees nothing of torch's."""
     torch.get_num_threads()  # make sure torch initialised its runtime
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
-    for line in maps:
-        path = line.split()[-1]
+    torch_lib = str(Path(torch.__file__).parent / "lib")
+    paths = dict.fromkeys(line.split()[-1] for line in maps if line.split())
+    for path in sorted(paths, key=lambda p: not p.startswith(torch_lib)):
         if any(name in Path(path).name for name in ("libgomp", "libiomp5", "libomp")):
             try:
                 lib = ctypes.CDLL(path)

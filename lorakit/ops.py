@@ -48,6 +48,7 @@ def lora_rows(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: torch.
     else:  # index_select copies whole slices; A[safe] goes element by element (~3x slower on CPU)
         h = torch.bmm(h, A.index_select(0, safe).transpose(1, 2))
         h = torch.bmm(h, B.index_select(0, safe).transpose(1, 2)) * scale.to(h.dtype)[:, None, None]
+    h = _zero_base_rows(h, slot)
     if squeeze:
         return h.squeeze(1)
     return h.reshape(*x.shape[:-1], B.shape[1])
@@ -62,4 +63,11 @@ def lora_embedding_rows(ids: torch.Tensor, A: torch.Tensor, B: torch.Tensor, sca
     safe, scale = gather_slots(slot, scaling)
     a_rows = A.transpose(1, 2)[safe[:, None], ids]  # [rows, T, r_max]
     out = torch.bmm(a_rows, B[safe].transpose(1, 2))
-    return out * scale.to(out.dtype)[:, None, None]
+    return _zero_base_rows(out * scale.to(out.dtype)[:, None, None], slot)
+
+
+def _zero_base_rows(h: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """Base rows (slot -1) get an exact 0: their scale-0 product with a borrowed slot is NaN
+    where that slot's adapter overflows (inf * 0), which would poison the base rows."""
+    base = (slot < 0).nonzero().flatten()
+    return h.index_fill(0, base, 0.0) if base.numel() else h

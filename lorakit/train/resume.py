@@ -30,6 +30,10 @@ def _finished_step(run_dir: Path) -> int | None:
     return max(steps, default=0)
 
 
+# tasks whose trainers (lorakit.vision, lorakit.diffusion) write no intermediate checkpoints
+NO_CHECKPOINT_TASKS = ("image_classification", "text-to-image", "unconditional")
+
+
 def resume_config(run_dir: str | Path, flags: dict) -> schema.TrainConfig:
     """The saved config of ``run_dir`` with the allowed ``flags`` applied (see module doc)."""
     run_dir = Path(run_dir)
@@ -38,6 +42,9 @@ def resume_config(run_dir: str | Path, flags: dict) -> schema.TrainConfig:
         raise FileNotFoundError(f"--resume {run_dir}: not a lorakit run directory (no config.yaml)")
     saved = schema.load_yaml(path, relative_to_file=False)
     current = schema.to_dict(schema.from_dict(saved, str(path)))
+    if current["task"] in NO_CHECKPOINT_TASKS:
+        raise ValueError(f"--resume {run_dir}: task {current['task']} does not support --resume "
+                         "(its runs write no intermediate checkpoints); start it again instead")
     changed = {k: v for k, v in flags.items() if k != "lora" and current.get(k) != v}
     changed.update({f"lora.{k}": v for k, v in (flags.get("lora") or {}).items()
                     if current["lora"].get(k) != v})

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, help="base model (directory, hub id or efficientnet-lite0), "
                                                   "or a full fine-tuning run's model directory")
     p.add_argument("--adapter", help="adapter directory written by lorakit train --task image_classification")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward")
     p.add_argument("--out", help="also write one JSON object per image to this .jsonl file")
     p.set_defaults(func=run)
 

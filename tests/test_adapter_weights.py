@@ -15,13 +15,7 @@ from tests import tiny as tiny_text
 CONV_TARGETS = ["conv1", "conv2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and far faster on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train_fixtures import one_thread  # noqa: E402,F401 (autouse: tiny models run fastest on one thread)
 
 
 def _two_adapters(kind="llama"):

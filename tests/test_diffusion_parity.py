@@ -17,13 +17,7 @@ pytest.importorskip("peft", reason="diffusers' LoRA loaders need peft: pip insta
 from lorakit.diffusion import tiny  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models run fastest on one thread (and far faster on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train_fixtures import one_thread  # noqa: E402,F401 (autouse: tiny models run fastest on one thread)
 
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -19,13 +19,7 @@ from lorakit.diffusion import tiny  # noqa: E402
 from lorakit.diffusion.train import load_pipeline, read_image_folder  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models run fastest on one thread (and far faster on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_train_fixtures import one_thread  # noqa: E402,F401 (autouse: tiny models run fastest on one thread)
 
 
 def _images(folder, n, size, seed, captions=False):

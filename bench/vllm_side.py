@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,14 +98,8 @@ class WorkerSpec:
 
 
 class VllmWorker:
-    """One ``vllm.LLM`` in a subprocess of its venv (and its own process group, with vLLM's engine
-    and worker processes). ``run(scenario)`` -> (tokens, seconds, token ids per request);
-    ``close()`` ends it. vLLM's logs go to ``log_path``.
-
-    Between runs the whole process group is stopped (SIGSTOP, SIGCONT before the next run), so
-    that nothing of vLLM's (its engine core's busy loop, OpenMP threads bound to every core)
-    can take CPU while the other side is measured. If the benchmark dies, the kernel sends the
-    group, orphaned with stopped members, SIGHUP and SIGCONT, which ends it."""
+    """One ``vllm.LLM`` in a subprocess of its venv. ``run(scenario)`` -> (tokens, seconds,
+    token ids per request); ``close()`` ends it. vLLM's logs go to ``log_path``."""
 
     def __init__(self, python: Path, spec: WorkerSpec, spec_path: Path, log_path: Path):
         spec_path.write_text(json.dumps(spec.__dict__))
@@ -114,9 +107,8 @@ class VllmWorker:
         self._log = open(log_path, "w")
         self._proc = subprocess.Popen([str(python), str(WORKER), str(spec_path)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                      env=runtime_env(python.parent.parent), process_group=0)
+                                      env=runtime_env(python.parent.parent))
         self.ready = self._read()
-        self._signal(signal.SIGSTOP)
         self.preloaded = runtime_env(python.parent.parent).get("LD_PRELOAD", "")
 
     def _read(self) -> dict:
@@ -128,22 +120,13 @@ class VllmWorker:
         raise VllmUnavailable(f"the vLLM worker exited (code {self._proc.wait()}) before answering; "
                               f"last lines of {self.log_path}: " + " | ".join(tail))
 
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self._proc.pid, sig)
-        except ProcessLookupError:
-            pass
-
     def run(self, scenario: str) -> tuple[int, float, list[list[int]]]:
-        self._signal(signal.SIGCONT)
         self._proc.stdin.write(json.dumps({"scenario": scenario}) + "\n")
         self._proc.stdin.flush()
         out = self._read()
-        self._signal(signal.SIGSTOP)
         return out["tokens"], out["seconds"], out["token_ids"]
 
     def close(self) -> None:
-        self._signal(signal.SIGCONT)
         if self._proc.poll() is None:
             try:
                 self._proc.stdin.write(json.dumps({"quit": True}) + "\n")

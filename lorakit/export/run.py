@@ -10,6 +10,7 @@ Hugging Face directory).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -149,14 +150,28 @@ def _stops(tok, fmt) -> list[str]:
     return stops
 
 
+@contextlib.contextmanager
+def _atomic_dir(out: Path):
+    """Yield a temporary sibling directory of ``out``; on success it replaces ``out``, on any
+    error it is removed, so no partial export is ever left behind."""
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _ollama(src, out, opts) -> dict:
     tok = _tokenizer(src)
     render = lambda messages, gen: tok.apply_chat_template(messages, tokenize=False,
                                                            add_generation_prompt=gen)
     fmt = derive_chat_format(render)   # refuses before anything is written
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.mkdir()
-    try:
+    with _atomic_dir(out) as tmp:
         if opts.get("unmerged"):
             if src.base_gguf is None:
                 raise ValueError("--unmerged needs the base as GGUF: pass --base-gguf FILE")
@@ -168,12 +183,6 @@ def _ollama(src, out, opts) -> dict:
             files = ("model.gguf", None)
         text = modelfile(files[0], go_template(fmt), _stops(tok, fmt), adapter_file=files[1])
         (tmp / "Modelfile").write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     part = {"dir": str(out), "modelfile": text, "files": {f: (out / f).stat().st_size
                                                           for f in files if f} | {"Modelfile": len(text)},
             "gguf": {k: v for k, v in part.items() if k != "file"}, "stops": _stops(tok, fmt)}
@@ -199,8 +208,7 @@ def _hf(src, out, opts) -> dict:
         raise ValueError(f"unknown --dtype {dtype!r} for hf; known: {list(HF_DTYPES)}")
     tok = _tokenizer(src)
     _merge(src)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    try:
+    with _atomic_dir(out) as tmp:
         merged = src.model   # stays fp32: the agreement check measures the dtype's rounding
         merged.generation_config.eos_token_id = sorted(_eos_ids(tok, merged))
         state = {k: v.to(getattr(torch, dtype)) for k, v in merged.state_dict().items()}
@@ -209,12 +217,6 @@ def _hf(src, out, opts) -> dict:
         config["dtype"] = dtype                                   # in-memory (fp32) dtype
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     part = {"dir": str(out), "dtype": dtype,
             "files": {p.name: p.stat().st_size for p in sorted(out.iterdir())}}
     if opts.get("check_prompts"):

@@ -128,10 +128,15 @@ def run(args) -> int:
               "task": args.task, "dtype": args.dtype, "quantize": args.quantize,
               "instruction_template": args.instruction_template, "max_new_tokens": args.max_new_tokens,
               "results": results, "examples": examples}
-    out = Path(args.out)
+    return write_report(args.out, report)
+
+
+def write_report(out: str | Path, report: dict) -> int:
+    """Write an eval report (``report["results"]`` printed as a table) as JSON; exit code 0."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
-    print(format_table(results))
+    print(format_table(report["results"]))
     print(f"\nwrote {out}")
     return 0
 

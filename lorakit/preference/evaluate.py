@@ -14,9 +14,6 @@ when the data file holds preference rows.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from lorakit.preference.data import load_preferences
@@ -62,7 +59,7 @@ def preference_metrics(model, pairs, pad_id: int, *, seq_cls: bool = False, with
 def run_eval(args) -> int:
     """``lorakit eval`` on a preference file (see the module docstring)."""
     import lorakit
-    from lorakit.eval.cli import format_table
+    from lorakit.eval.cli import write_report
     from lorakit.models import load_model, load_tokenizer
 
     seq_cls = args.task == "seq_cls"
@@ -86,12 +83,7 @@ def run_eval(args) -> int:
                                                 has_ref_adapter=bool(args.ref_adapter), **kw)
     report = {"model": args.model, "adapter": args.adapter, "ref_adapter": args.ref_adapter,
               "data": args.data, "format": "preference", "task": args.task, "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(format_table(results))
-    print(f"\nwrote {out}")
-    return 0
+    return write_report(args.out, report)
 
 
 __all__ = ["preference_metrics", "run_eval"]

@@ -1,7 +1,7 @@
 """Measured agreement between an export and lorakit's own forward.
 
 The consumer is llama.cpp, run through the npm package ``node-llama-cpp`` (its prebuilt CPU
-binary) by ``tests/llama/run.mjs``; ``npm ci`` in ``tests/llama`` (``make setup`` does it when
+binary) by ``tests/llama/run.mjs``; ``npm install`` in ``tests/llama`` (``make setup`` does it when
 Node is present) installs it. ``$LORAKIT_LLAMA_DIR`` points elsewhere. Both sides decode
 greedily from the same token ids and stop at an end-of-generation token.
 """
@@ -46,7 +46,7 @@ def consumer_missing() -> str | None:
     if shutil.which("node") is None:
         return "Node.js is not installed (llama.cpp runs through node-llama-cpp: install Node >= 20)"
     if not (where / "node_modules" / "node-llama-cpp").exists():
-        return f"node-llama-cpp is not installed: run `npm ci` in {where} (make setup does it)"
+        return f"node-llama-cpp is not installed: run `npm install` in {where} (make setup does it)"
     return None
 
 

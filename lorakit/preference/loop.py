@@ -34,7 +34,8 @@ from lorakit.preference.step import NEEDS_REFERENCE, StepContext, kto_terms, pai
 from lorakit.train import batching, build, optim
 from lorakit.train.card import RunSummary, model_card
 from lorakit.train.loop import TrainingDiverged
-from lorakit.train.schema import TrainConfig, to_dict
+from lorakit.train.config import TrainConfig
+from lorakit.train.config_io import to_dict
 from lorakit.train.tracking import MetricsLog, plot_losses
 
 

@@ -17,7 +17,8 @@ from torch import nn
 
 from lorakit.paths import check_output_dir
 from lorakit.train.data import TokenizedData, load_data, split_eval
-from lorakit.train.schema import TrainConfig, to_yaml
+from lorakit.train.config import TrainConfig
+from lorakit.train.config_io import to_yaml
 
 # Files and folders a run writes; --overwrite removes exactly these, nothing else.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "adapter", "model",

@@ -23,7 +23,7 @@ import dataclasses
 import math
 
 from lorakit.train.formats import IGNORE, Example
-from lorakit.train.schema import TrainConfig
+from lorakit.train.config import TrainConfig
 
 __all__ = ["preview", "segments", "format_preview"]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -111,9 +112,20 @@ def _aliased(spec: FieldSpec, convert: Callable) -> Callable:
     return parse
 
 
+def _plain(hint):
+    """``X | None`` -> ``X`` for a plain ``X`` (an unset optional value is the default None)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 2 \
+            and type(None) in args:
+        other = next(a for a in args if a is not type(None))
+        if other in (int, float, str):
+            return other
+    return hint
+
+
 def _argument(spec: FieldSpec) -> dict:
     """argparse keywords for ``spec`` (without dest, default and help)."""
-    meta, hint = spec.metadata, spec.hint
+    meta, hint = spec.metadata, _plain(spec.hint)
     if "action" in meta:
         return {"action": meta["action"], "metavar": meta.get("metavar", spec.name.upper())}
     kw: dict[str, Any] = {}

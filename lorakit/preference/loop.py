@@ -33,10 +33,10 @@ from lorakit.preference.plots import plot_rewards
 from lorakit.preference.step import NEEDS_REFERENCE, StepContext, kto_terms, pair_terms, reference_pair_logps
 from lorakit.train import batching, build, optim
 from lorakit.train.card import RunSummary, model_card
-from lorakit.train.data import holdout
-from lorakit.train.loop import TrainingDiverged
 from lorakit.train.config import TrainConfig
 from lorakit.train.config_io import to_dict
+from lorakit.train.data import holdout
+from lorakit.train.loop import TrainingDiverged
 from lorakit.train.tracking import MetricsLog, plot_losses
 
 
@@ -87,7 +87,8 @@ def _setup(cfg: TrainConfig) -> PrefRun:
     total = cfg.max_steps or per_epoch * cfg.epochs
     taken = build.check_run_dir(cfg)
     torch.manual_seed(cfg.seed)
-    build_cfg = dataclasses.replace(cfg, task="seq_cls") if cfg.method == "reward" else cfg
+    # a reward model is a one-logit sequence classifier: built as a seq_cls (sft) run would be
+    build_cfg = dataclasses.replace(cfg, task="seq_cls", method="sft") if cfg.method == "reward" else cfg
     model = build.build_model(build_cfg, 1, tokenizer.pad_token_id)
     if cfg.ref_adapter:
         reference.load_reference_adapter(model, cfg.ref_adapter)

@@ -171,7 +171,7 @@ def from_dict(values: dict, source: str = "config") -> TrainConfig:
         raise ValueError(f"{source}: lora must be a mapping of LoRA settings")
     problems: list[str] = []
     top = _typed(TrainConfig, values, source, problems)
-    lora_values = _lora_bookkeeping(lora_values, top.get("task", "causal_lm"), f"{source}: lora",
+    lora_values = _lora_bookkeeping(lora_values, top.get("task", TrainConfig.task), f"{source}: lora",
                                     problems)
     lora = _typed(LoraConfig, lora_values, f"{source}: lora", problems)
     if problems:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["METHODS", "TASKS", "TASK_ALIASES", "Method", "Task", "canonical_task", "run"]
+__all__ = ["METHODS", "TASKS", "TASK_ALIASES", "Method", "Task", "canonical_task", "checkpoints", "run"]
 
 
 def _sft(cfg, resume: bool, command: list[str]) -> Path:

@@ -96,7 +96,7 @@ PRIORITY = ["full", "lora-all-r8", "lora-all-r64", "qlora-all-r8", "lora-all-r1"
 def missing_reason(row: Row) -> str | None:
     """Why this build of lorakit cannot run ``row`` (a feature not in the tree), else None."""
     from lorakit.inits import is_known_init
-    from lorakit.train.schema import TrainConfig
+    from lorakit.train.config import TrainConfig
     from lorakit.variants import resolve_variant
 
     fields = TrainConfig.__dataclass_fields__

@@ -79,19 +79,18 @@ def write_adapters(base, root: Path, n: int, shape: dict) -> list[Path]:
 
 
 # ---- lorakit engine -------------------------------------------------------------------------
-def run_engine(engine_parts, jobs, new_tokens: int) -> tuple[int, float]:
-    """Submit every job [(HostAdapter or None, prompt ids)] at once; (tokens, seconds)."""
+def run_engine(engine_parts, jobs, new_tokens: int) -> tuple[int, float, list[str]]:
+    """Submit every job [(HostAdapter or None, prompt ids)] at once; (tokens, seconds, each
+    request's text in submission order)."""
     model, tok, pool = engine_parts
     engine = Engine(model, tok, pool, max_batch=len(jobs))
-    results, left = [], threading.Semaphore(0)
-
-    def emit(event):
-        if not isinstance(event, Delta):
-            results.append(event)
-            left.release()
-
+    results, left = {}, threading.Semaphore(0)
     params = SamplingParams(max_tokens=new_tokens, temperature=0)
-    for adapter, ids in jobs:
+    for i, (adapter, ids) in enumerate(jobs):
+        def emit(event, i=i):
+            if not isinstance(event, Delta):
+                results[i] = event
+                left.release()
         engine.submit(Request(ids, params, emit, adapter))
     start = time.perf_counter()
     engine.start()
@@ -99,10 +98,10 @@ def run_engine(engine_parts, jobs, new_tokens: int) -> tuple[int, float]:
         left.acquire()
     seconds = time.perf_counter() - start
     engine.stop()
-    failed = [r for r in results if not isinstance(r, Done)]
+    failed = [r for r in results.values() if not isinstance(r, Done)]
     if failed:
         raise RuntimeError(f"engine requests failed: {failed[:2]}")
-    return sum(r.completion_tokens for r in results), seconds
+    return sum(r.completion_tokens for r in results.values()), seconds, [results[i].text for i in range(len(jobs))]
 
 
 # ---- Hugging Face / PEFT generate -----------------------------------------------------------
@@ -151,7 +150,7 @@ def throughput(base, tok, root: Path, shape_name: str, args) -> dict:
     rounds = {k: [] for k in scenarios}
     for r in range(args.rounds):
         for key, fn in scenarios.items():
-            tokens, seconds = fn()
+            tokens, seconds = fn()[:2]
             rounds[key].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
             print(f"  [{shape_name} round {r + 1}] {key}: {tokens} tokens in {seconds:.2f} s = "
                   f"{tokens / seconds:.1f} tok/s", flush=True)
@@ -233,11 +232,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lorakit.models import load_model, load_tokenizer
+    from lorakit.models import DEFAULT_MODEL, load_model, load_tokenizer
 
     info = machine()
-    base = load_model("smollm2-135m-instruct", dtype=torch.bfloat16).eval()
-    tok = load_tokenizer("smollm2-135m-instruct")
+    base = load_model(DEFAULT_MODEL, dtype=torch.bfloat16).eval()
+    tok = load_tokenizer(DEFAULT_MODEL)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         results = {}

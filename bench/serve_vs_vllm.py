@@ -33,19 +33,17 @@ import copy
 import json
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import roofline
 import torch
 from common import machine_info
-from serve import SHAPES, prompts, write_adapters
+from serve import SHAPES, prompts, run_engine, write_adapters
 from vllm_side import DEFAULT_VENV, VLLM_VERSION, VllmUnavailable, VllmWorker, WorkerSpec, find_or_install
 
 from lorakit.serve.cache import HostCache
-from lorakit.serve.engine import Delta, Done, Engine, Request
-from lorakit.serve.sampling import SamplingParams
+from lorakit.serve.engine import Engine
 from lorakit.serve.slots import SlotPool
 
 RESULTS = Path(__file__).parent / "results" / "serve_vs_vllm.json"
@@ -115,31 +113,6 @@ class StepTimer:
         return "\n".join(lines)
 
 
-def run_lorakit(parts, jobs, new_tokens: int) -> tuple[int, float, list[str]]:
-    """bench/serve.py's ``run_engine``, keeping each request's text (in submission order)."""
-    model, tok, pool = parts
-    engine = Engine(model, tok, pool, max_batch=len(jobs))
-    results, left = {}, threading.Semaphore(0)
-    params = SamplingParams(max_tokens=new_tokens, temperature=0)
-    for i, (adapter, ids) in enumerate(jobs):
-        def emit(event, i=i):
-            if not isinstance(event, Delta):
-                results[i] = event
-                left.release()
-        engine.submit(Request(ids, params, emit, adapter))
-    start = time.perf_counter()
-    engine.start()
-    for _ in jobs:
-        left.acquire()
-    seconds = time.perf_counter() - start
-    engine.stop()
-    failed = [r for r in results.values() if not isinstance(r, Done)]
-    if failed:
-        raise RuntimeError(f"engine requests failed: {failed[:2]}")
-    return sum(r.completion_tokens for r in results.values()), seconds, [results[i].text for i in range(len(jobs))]
-
-
-# ---- one adapter shape, both sides ----------------------------------------------------------
 def compare_shape(base, tok, model_dir: Path, root: Path, shape: str, args, python, timer: StepTimer) -> dict:
     n, new = args.requests, args.new_tokens
     dirs = write_adapters(base, root / shape, n, SHAPES[shape])
@@ -151,19 +124,19 @@ def compare_shape(base, tok, model_dir: Path, root: Path, shape: str, args, pyth
     parts = (served, tok, pool)
     jobs = {"a_base": [(None, p) for p in ids], "b_one_adapter": [(adapters[0], p) for p in ids],
             "c_distinct_adapters": list(zip(adapters, ids))}
-    run_lorakit(parts, jobs["c_distinct_adapters"][:2], 2)  # warm-up: first-call kernel setup
+    run_engine(parts, jobs["c_distinct_adapters"][:2], 2)  # warm-up: first-call kernel setup
     out = {"lorakit": {k: [] for k in SCENARIOS}, "vllm": {k: [] for k in SCENARIOS}, "vllm_error": None}
     texts = {}
     for r in range(args.rounds):
         for key in SCENARIOS:
             timer.on = key == "a_base"
-            tokens, seconds, texts[key] = run_lorakit(parts, jobs[key], new)
+            tokens, seconds, texts[key] = run_engine(parts, jobs[key], new)
             timer.on = False
             out["lorakit"][key].append({"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds})
             print(f"  [{shape} round {r + 1}] {key}: lorakit {tokens / seconds:.1f} tok/s", flush=True)
     if args.profile and not timer._profiles:  # after the timed rounds, so profiling slows none of them
         timer.profiling = True
-        run_lorakit(parts, jobs["a_base"], min(new, args.profile + 1))
+        run_engine(parts, jobs["a_base"], min(new, args.profile + 1))
         timer.profiling = False
     if python is not None:
         out.update(vllm_rounds(python, model_dir, root, shape, dirs, ids, texts, tok, args))
@@ -258,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lorakit.models import embedded_model_dir, load_model, load_tokenizer
+    from lorakit.models import DEFAULT_MODEL, embedded_model_dir, load_model, load_tokenizer
 
     python, why = None, None
     if args.no_vllm:
@@ -274,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
     peak = {"tflops": roofline.gemm_tflops(2048, 2048, 2048),
             "tflops_decode_shape": roofline.gemm_tflops(args.requests, 576, 1536, reps=50),
             "gbs": roofline.copy_bandwidth_gbs()}
-    base = load_model("smollm2-135m-instruct", dtype=torch.bfloat16).eval()
-    tok = load_tokenizer("smollm2-135m-instruct")
+    base = load_model(DEFAULT_MODEL, dtype=torch.bfloat16).eval()
+    tok = load_tokenizer(DEFAULT_MODEL)
     timer = StepTimer()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,6 +2,11 @@
 
 A subcommand module exposes ``add_parser(subparsers)`` (which sets ``func`` on its parser) and
 is imported only when the command table is built, so ``lorakit --help`` stays fast.
+
+A command module that cannot be imported because an optional extra is missing (``EXTRAS``)
+still shows up, and running it says what to install. Any other import failure is a bug and
+stops the whole command with an error that names the module: a command never silently
+disappears.
 """
 
 from __future__ import annotations
@@ -18,15 +23,23 @@ COMMANDS = {
     "train": "lorakit.train.cli",
     "eval": "lorakit.eval.cli",
     "serve": "lorakit.serve.cli",
-    "merge": "lorakit.tools_cli",
+    "merge": "lorakit.merge_cli",
     "inspect": "lorakit.analysis.cli",
-    "models": "lorakit.tools_cli",
+    "models": "lorakit.models_cli",
     "data": "lorakit.train.data_cli",
     "config": "lorakit.train.convert",
     "ui": "lorakit.ui.cli",
     "export": "lorakit.export.cli",
     "predict": "lorakit.vision.cli",
 }
+
+# top-level module of an optional dependency -> the extra of pyproject.toml that installs it
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "pydantic": "serve", "matplotlib": "train",
+          "datasets": "hub", "diffusers": "diffusion", "PIL": "vision", "sklearn": "vision"}
+
+
+class CommandImportError(ImportError):
+    """A command's module failed to import for a reason other than a missing optional extra."""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -59,21 +72,51 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     registered = set()
     for name, module_name in COMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("lorakit"):
-                continue  # that subsystem is not part of this build yet
-            raise
-        if module_name not in registered:
+        module, missing = _import_command(name, module_name)
+        if module is None:
+            _add_missing_extra(sub, name, module_name, missing)
+        elif module_name not in registered:
             module.add_parser(sub)
             registered.add(module_name)
     _with_formatter(parser)
     return parser
 
 
+def _import_command(name: str, module_name: str):
+    """``(module, None)``, or ``(None, missing module)`` when an optional extra it needs is not
+    installed; any other import failure raises ``CommandImportError``."""
+    try:
+        return importlib.import_module(module_name), None
+    except ImportError as err:
+        if isinstance(err, ModuleNotFoundError) and (err.name or "").partition(".")[0] in EXTRAS:
+            return None, err.name
+        raise CommandImportError(f"command {name!r}: importing {module_name} failed: "
+                                 f"{type(err).__name__}: {err}") from err
+
+
+def _add_missing_extra(sub, name: str, module_name: str, missing: str) -> None:
+    """A stand-in for a command whose optional extra is missing: running it names the extra."""
+    extra = EXTRAS[missing.partition(".")[0]]
+    hint = f"needs the optional package {missing!r}: pip install 'lorakit[{extra}]'"
+    # no options of its own ("\0" prefix): whatever follows the name, even --help, runs it
+    parser = sub.add_parser(name, help=f"(not installed: {hint})", add_help=False, prefix_chars="\0")
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+
+    def unavailable(args):
+        raise NotFoundError(f"{module_name} {hint}")
+
+    parser.set_defaults(func=unavailable)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except CommandImportError as err:
+        if os.environ.get("LORAKIT_TRACEBACK") == "1":
+            raise
+        print(f"lorakit: error: {_one_line(err)} (a bug in this install of lorakit; "
+              "LORAKIT_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -37,7 +37,7 @@ def answer_all(model, tokenizer, evalset) -> tuple[list[str], float, float]:
 
 
 def _config(path: Path):
-    from lorakit.train.schema import from_dict, load_yaml
+    from lorakit.train.config_io import from_dict, load_yaml
 
     return from_dict(load_yaml(path), str(path))  # its paths are relative to the file
 

@@ -10,16 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.test_serve_support import one_thread, ADAPTERS, LiveServer, Offline, make_server, tiny_model, tokenizer, write_adapters
-
-PROMPTS = ["The quick brown fox", "Once upon a time", "1, 2, 3,", "Dear diary, today I", "Hello"]
+from tests.test_serve_support import ADAPTERS, PROMPTS, LiveServer, Offline, adapters_dir, make_server, one_thread, write_adapters
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    base, tok = tiny_model(), tokenizer()
-    write_adapters(base, root)
+    base, tok, root = adapters_dir(tmp_path_factory)
     extra = {f"extra{i}": dict(r=2 + i, lora_alpha=4, target_modules=["q_proj", "up_proj"]) for i in range(3)}
     write_adapters(base, root / "pending", extra, seed=100)
     server = make_server(base, tok, root, max_slots=4, max_batch=16, max_tokens=64)

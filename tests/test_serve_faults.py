@@ -22,17 +22,14 @@ from safetensors.torch import load_file, save_file
 
 from lorakit.serve.api import _Channel
 from lorakit.serve.engine import Request
-from tests.test_serve_support import ADAPTERS, LiveServer, LogErrors, Offline, make_server, one_thread, tiny_model, tokenizer, write_adapters
+from tests.test_serve_support import ADAPTERS, PROMPTS, LiveServer, LogErrors, Offline, adapters_dir, make_server, one_thread
 
 KEY = "fault-key"
-PROMPTS = ["The quick brown fox", "Once upon a time", "1, 2, 3,", "Dear diary, today I", "Hello"]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    base, tok = tiny_model(), tokenizer()
-    write_adapters(base, root)
+    base, tok, root = adapters_dir(tmp_path_factory)
     huge = root / "huge"  # finite weights whose products overflow: its logits are NaN/inf
     huge.mkdir()
     (huge / "adapter_config.json").write_text((root / "alpha" / "adapter_config.json").read_text())

@@ -91,12 +91,22 @@ class Offline:
         return self.tok.decode(self.ids(name, ids, max_tokens), skip_special_tokens=True)
 
 
-def tiny_setup(tmp_path_factory):
-    """Body of the serving test modules' ``setup`` fixture: (tiny base model, directory of the
-    ``ADAPTERS``), torch on one thread while the module runs."""
+# prompts of the live-server tests' clients
+PROMPTS = ["The quick brown fox", "Once upon a time", "1, 2, 3,", "Dear diary, today I", "Hello"]
+
+
+def adapters_dir(tmp_path_factory):
+    """(tiny base model, its tokenizer, a new directory holding the ``ADAPTERS`` for it)."""
     root = tmp_path_factory.mktemp("adapters")
     base = tiny_model()
     write_adapters(base, root)
+    return base, tokenizer(), root
+
+
+def tiny_setup(tmp_path_factory):
+    """Body of the serving test modules' ``setup`` fixture: (tiny base model, directory of the
+    ``ADAPTERS``), torch on one thread while the module runs."""
+    base, _, root = adapters_dir(tmp_path_factory)
     with one_thread():
         yield base, root
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from lorakit.cli import main
-from lorakit.train import schema
+from lorakit.train import config_io
 from lorakit.train.convert import convert_file
 from tests.test_train_fixtures import one_thread, tiny_model_dir, tokenizer, write_jsonl  # noqa: F401
 
@@ -18,7 +18,7 @@ from tests.test_train_fixtures import one_thread, tiny_model_dir, tokenizer, wri
 def _load(tmp_path, text: str, name: str = "c.yaml"):
     path = tmp_path / name
     path.write_text(text)
-    return schema.from_dict(schema.load_yaml(path), str(path))
+    return config_io.from_dict(config_io.load_yaml(path), str(path))
 
 
 @pytest.mark.parametrize("text, key, value", [
@@ -103,7 +103,7 @@ def test_paths_resolve_relative_to_the_yaml_file(tmp_path, tiny_model_dir, monke
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    cfg = schema.from_dict(schema.load_yaml("../project/configs/run.yaml"))
+    cfg = config_io.from_dict(config_io.load_yaml("../project/configs/run.yaml"))
     assert cfg.data == str(project / "train.jsonl") and cfg.output_dir == str(project / "runs" / "a")
     assert main(["data", "preview", "../project/configs/run.yaml", "--json", "-n", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["stats"]["rows"] == 1

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from lorakit.train import train
-from lorakit.train.schema import to_dict
+from lorakit.train.config_io import to_dict
 from tests.test_train_fixtures import (  # noqa: F401
     make_config, one_thread, tiny_model_dir, tokenizer, toy_data)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorakit.train.schema import TrainConfig, from_dict
+from lorakit.train.config import TrainConfig
+from lorakit.train.config_io import from_dict
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -13,7 +13,7 @@ import yaml
 from lorakit.train import train
 from lorakit.train.build import base_model_id
 from lorakit.train.card import RunSummary, model_card
-from lorakit.train.schema import TrainConfig
+from lorakit.train.config import TrainConfig
 from tests.test_train_fixtures import (  # noqa: F401
     make_config, one_thread, tiny_model_dir, tokenizer, toy_data)
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from lorakit.cli import main
+from lorakit.train.config_io import to_dict
 from lorakit.train.preview import preview
-from lorakit.train.schema import to_dict
 from tests.test_train_fixtures import (  # noqa: F401
     make_config, one_thread, tiny_model_dir, tokenizer, toy_data, write_jsonl)
 

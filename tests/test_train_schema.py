@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from lorakit.config import LoraConfig
-from lorakit.train import schema
+from lorakit.train import config_io
 from lorakit.train.cli import add_parser, config_from_args
-from lorakit.train.schema import TrainConfig
+from lorakit.train.config import TrainConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,15 +21,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def test_yaml_round_trip_is_identity():
-    cfg = schema.from_dict({"data": "x.jsonl", "lr": 1e-3, "lora": {"r": 4, "target_modules": ["q_proj"]}})
-    assert schema.from_dict(yaml.safe_load(schema.to_yaml(cfg))) == cfg
+    cfg = config_io.from_dict({"data": "x.jsonl", "lr": 1e-3, "lora": {"r": 4, "target_modules": ["q_proj"]}})
+    assert config_io.from_dict(yaml.safe_load(config_io.to_yaml(cfg))) == cfg
 
 
 def test_help_documents_every_field_with_its_default(capsys):
     with pytest.raises(SystemExit):
         _parser().parse_args(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    defaults = schema.to_dict(TrainConfig())
+    defaults = config_io.to_dict(TrainConfig())
     lora_defaults = defaults.pop("lora")
     for name, value in list(defaults.items()) + list(lora_defaults.items()):
         assert f"--{name.replace('_', '-')}" in text, name
@@ -37,7 +37,7 @@ def test_help_documents_every_field_with_its_default(capsys):
 
 
 def test_every_lora_field_is_a_flag_except_bookkeeping():
-    flags = {name for section, name, *_ in schema._flag_fields() if section == "lora"}
+    flags = {spec.name for section, spec in config_io.flag_fields() if section == "lora"}
     fields = {f.name for f in dataclasses.fields(LoraConfig)}
     assert fields - flags == {"task_type", "base_model_name_or_path", "inference_mode", "peft_type"}
 
@@ -66,7 +66,7 @@ def test_flags_override_yaml(tmp_path):
 ])
 def test_invalid_values_name_the_source_and_key(values, message):
     with pytest.raises(ValueError) as err:
-        schema.from_dict(values, "my.yaml")
+        config_io.from_dict(values, "my.yaml")
     assert str(err.value).startswith("my.yaml: ") and message in str(err.value)
 
 
@@ -87,8 +87,8 @@ def test_resume_refuses_other_settings(tmp_path):
 def test_as_flags_round_trips_through_the_parser():
     values = {"lr": 0.5, "packing": True, "completion_only_loss": False, "data": "a b.jsonl",
               "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"], "rank_pattern": {"q": 4}}}
-    args = _parser().parse_args(["train"] + schema.as_flags(values))
-    assert schema.flag_values(args) == values
+    args = _parser().parse_args(["train"] + config_io.as_flags(values))
+    assert config_io.flag_values(args) == values
 
 
 def test_example_configs_are_valid():
@@ -98,7 +98,7 @@ def test_example_configs_are_valid():
     examples = sorted((root / "examples").glob("*.yaml"))
     assert examples
     for path in examples:
-        cfg = schema.from_dict(schema.load_yaml(path), str(path))
+        cfg = config_io.from_dict(config_io.load_yaml(path), str(path))
         if cfg.task == "image_classification":  # its images are generated; the file says how
             assert "python -m lorakit.vision.digits data/digits" in path.read_text(), path
             assert Path(cfg.data) == root / "data" / "digits" / "train", path

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lorakit.train import train
-from lorakit.train.schema import from_dict
+from lorakit.train.config_io import from_dict
 from lorakit.train.tracking import read_metrics
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "sql_demo" / "train.jsonl"

@@ -14,7 +14,8 @@ import yaml
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from lorakit.train.schema import TrainConfig, load_yaml, to_dict  # noqa: E402
+from lorakit.train.config import TrainConfig  # noqa: E402
+from lorakit.train.config_io import load_yaml, to_dict  # noqa: E402
 from lorakit.train.tracking import read_metrics  # noqa: E402
 from lorakit.ui.app import create_app  # noqa: E402
 from lorakit.ui.forms import FIXED  # noqa: E402

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lorakit.train import build
-from lorakit.train.schema import TrainConfig
+from lorakit.train.config import TrainConfig
 from lorakit.vision import load_image_model, load_images
 from lorakit.vision.metrics import classification_report, confusion_matrix
 from lorakit.vision.transforms import HFPreprocess, NormalizePreprocess, augment, crop_box

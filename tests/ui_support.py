@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from lorakit.train import train
+from lorakit.train.config_io import from_dict
 from lorakit.train.control import request_stop
 from lorakit.train.tracking import MetricsLog
-from lorakit.train.schema import from_dict
 from tests.test_train_fixtures import toy_instruction_rows, write_jsonl
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from lorakit.analysis.factors import read_adapter
 from lorakit.analysis.report import SUBJECTS, inspect_layers, mean_grids
 
+__all__ = ["add_parser", "json_safe", "means_by_type", "run"]
+
 _COLUMNS = [("r", "r", "{:d}"), ("alpha", "alpha", "{:g}"), ("delta_norm", "|dW|_F", "{:.4g}"),
             ("rank", "rank", "{:d}"), ("entropy_rank", "erank", "{:.2f}"),
             ("energy_rank_90", "r90", "{:d}"), ("sim_top", "phi(1,1)", "{:.3f}"),
@@ -70,12 +72,12 @@ def means_by_type(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _finite(value):
+def json_safe(value):
     """JSON has no inf: an infinite amplification (W has no component in dW's directions) -> null."""
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return None if isinstance(value, float) and math.isinf(value) else value
 
 
@@ -116,6 +118,6 @@ def run(args) -> int:
                                        f"phi(i, j) of {args.subject}: {Path(args.adapter).name} vs "
                                        f"{Path(args.vs).name} (mean over layers)")
         print(f"heatmap: {png}")
-    (out / "inspect.json").write_text(json.dumps(_finite(report), indent=2))
+    (out / "inspect.json").write_text(json.dumps(json_safe(report), indent=2))
     print(f"report: {out / 'inspect.json'}")
     return 0

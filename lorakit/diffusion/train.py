@@ -1,4 +1,4 @@
-"""``lorakit train --task text-to-image | unconditional``: LoRA on a diffusers U-Net from a
+"""``lorakit train --task text_to_image | unconditional``: LoRA on a diffusers U-Net from a
 folder of images (DreamBooth-LoRA style), noise-prediction loss with diffusers' DDPM scheduler.
 
     data/            a folder of images (png, jpg, webp, bmp); ``name.txt`` beside ``name.png``
@@ -30,7 +30,7 @@ from lorakit.diffusion.files import save_lora_weights
 from lorakit.diffusion.objective import denoising_losses, prior_preservation_loss
 from lorakit.train.optim import lr_factor, param_groups, set_lr
 
-TASKS = ("text-to-image", "unconditional")
+TASKS = ("text_to_image", "unconditional")  # lorakit.train.tasks spelling
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -66,8 +66,10 @@ def load_pipeline(task: str, model: str, workdir: Path):
     from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel
 
     from lorakit.diffusion import tiny
+    from lorakit.train.tasks import canonical_task
 
-    if model == "tiny-sd" and task == "text-to-image":
+    task = canonical_task(task)
+    if model == "tiny-sd" and task == "text_to_image":
         pipe = tiny.pipeline(workdir / "tiny_vocab")
     elif model == "tiny-ddpm" and task == "unconditional":
         torch.manual_seed(0)
@@ -79,9 +81,9 @@ def load_pipeline(task: str, model: str, workdir: Path):
     else:
         if not Path(model).is_dir():
             raise FileNotFoundError(f"model {model!r}: give a local diffusers pipeline directory, or "
-                                    f"{'tiny-sd' if task == 'text-to-image' else 'tiny-ddpm'}")
+                                    f"{'tiny-sd' if task == 'text_to_image' else 'tiny-ddpm'}")
         pipe = DiffusionPipeline.from_pretrained(model, local_files_only=True)
-    needed = ("unet", "scheduler") + (("text_encoder", "tokenizer") if task == "text-to-image" else ())
+    needed = ("unet", "scheduler") + (("text_encoder", "tokenizer") if task == "text_to_image" else ())
     missing = [n for n in needed if getattr(pipe, n, None) is None]
     if missing:
         raise ValueError(f"model {model!r} has no {missing} for task {task!r}")
@@ -112,9 +114,9 @@ def _to_model_space(pipe, images: torch.Tensor) -> torch.Tensor:
 
 
 def train_diffusion(cfg) -> Path:
-    """Run one diffusion LoRA training from a ``TrainConfig`` (task text-to-image or
+    """Run one diffusion LoRA training from a ``TrainConfig`` (task text_to_image or
     unconditional); returns the diffusers LoRA file."""
-    from lorakit.train import schema
+    from lorakit.train import config_io
 
     out = Path(cfg.output_dir)
     if (out / "pytorch_lora_weights.safetensors").exists() and not cfg.overwrite:
@@ -143,7 +145,7 @@ def train_diffusion(cfg) -> Path:
         images = torch.cat([images, class_images])
         captions += [cfg.class_prompt] * len(class_images)
         is_prior = torch.cat([is_prior, torch.ones(len(class_images), dtype=torch.bool)])
-    if cfg.task == "text-to-image":
+    if cfg.task == "text_to_image":
         captions = [c if c is not None else cfg.instance_prompt for c in captions]
         if not all(captions):
             raise ValueError(f"{cfg.data}: images without a .txt caption need --instance-prompt"
@@ -162,7 +164,7 @@ def train_diffusion(cfg) -> Path:
         idx = torch.randint(0, n_instance, (cfg.batch_size,), generator=gen)
         if n_instance < len(images):
             idx = torch.cat([idx, torch.randint(n_instance, len(images), (cfg.batch_size,), generator=gen)])
-        if cfg.task == "text-to-image":
+        if cfg.task == "text_to_image":
             ctx = torch.cat([encode(captions[i]) for i in idx.tolist()])
             predict = lambda x, t: unet(x, t, encoder_hidden_states=ctx).sample  # noqa: E731
         else:
@@ -183,7 +185,7 @@ def train_diffusion(cfg) -> Path:
     log.close()
     # ---- output ----
     unet.eval()
-    (out / "config.yaml").write_text(schema.to_yaml(cfg))
+    (out / "config.yaml").write_text(config_io.to_yaml(cfg))
     components = {"unet": unet}
     path = save_lora_weights(out, components, format="diffusers")
     save_lora_weights(out / "lora_kohya.safetensors", components, format="kohya")

@@ -34,7 +34,7 @@ from torch import nn
 
 from lorakit.fast.groups import SharedInputGroup, install, uninstall
 from lorakit.fast.swaps import use_fused_rmsnorm, use_short_attention
-from lorakit.fast.loss import causal_lm_loss_sum, linear_cross_entropy_sum, supports_chunked_loss
+from lorakit.fast.loss import LOSS_CHUNK, causal_lm_loss_sum, linear_cross_entropy_sum, supports_chunked_loss
 from lorakit.fast.lora_fn import fused_lora_linear
 
 
@@ -43,7 +43,7 @@ class FastConfig:
     """Switches of the fast path; each default is the measured best on a 2-core CPU."""
 
     group_shared_inputs: bool = True  # stack q/k/v and gate/up (one probe forward finds them)
-    loss_chunk: int = 256  # rows of the output head per chunk in ``loss_sum``
+    loss_chunk: int = LOSS_CHUNK  # rows of the output head per chunk in ``loss_sum``
     short_attention: bool = True  # dense attention for sequences up to attention.MAX_LEN tokens
     fused_rmsnorm: bool = True  # RMSNorm keeping its bf16 input, not an fp32 copy (norm.py)
 

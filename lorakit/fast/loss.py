@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE = -100  # the label of a position that is not a target (Hugging Face's convention)
+LOSS_CHUNK = 256  # output-head rows per chunk: the default of every chunked loss (FastConfig too)
 
 # Model types whose causal-LM head is exactly ``logits = lm_head(final hidden state)`` (no
 # logit scaling or soft-capping), so the head can be applied here instead of by the model.
@@ -66,7 +67,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy_sum(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             chunk: int = 256) -> torch.Tensor:
+                             chunk: int = LOSS_CHUNK) -> torch.Tensor:
     """``F.cross_entropy((h @ weight.T).float(), targets, reduction="sum")`` without keeping
     the logits. h ``[M, d]``; weight ``[V, d]``; targets ``[M]`` (all valid class indices).
     Returns an fp32 scalar (fp64 for fp64 inputs)."""
@@ -82,7 +83,7 @@ def supports_chunked_loss(model: nn.Module) -> bool:
             and type(head) is nn.Linear and head.bias is None and hasattr(model, "get_decoder"))
 
 
-def causal_lm_loss_sum(model: nn.Module, labels: torch.Tensor, chunk: int = 256, **inputs) -> torch.Tensor:
+def causal_lm_loss_sum(model: nn.Module, labels: torch.Tensor, chunk: int = LOSS_CHUNK, **inputs) -> torch.Tensor:
     """Summed next-token loss of a causal LM batch, the same number as
     ``F.cross_entropy(logits[:, :-1], labels[:, 1:], ignore_index=-100, reduction="sum")``
     with ``logits = model(**inputs).logits``; only labelled positions reach the head.

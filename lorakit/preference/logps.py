@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lorakit.fast.loss import linear_cross_entropy_sum
+from lorakit.fast.loss import LOSS_CHUNK, linear_cross_entropy_sum
 from lorakit.preference.data import Pair, Unpaired
 from lorakit.train.batching import collate
 from lorakit.train.formats import IGNORE, Example
@@ -54,7 +54,7 @@ def collate_unpaired(items: list[Unpaired], pad_id: int) -> tuple[dict, dict, to
 
 
 def completion_logps(model: nn.Module, batch: dict, chunked: bool = False,
-                     chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                     chunk: int = LOSS_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs ``[N]`` fp32, completion token counts ``[N]``) of a causal
     LM batch (``input_ids``, ``attention_mask``, ``labels``; see the module docstring)."""
     labels = batch["labels"]

@@ -33,8 +33,10 @@ from lorakit.preference.plots import plot_rewards
 from lorakit.preference.step import NEEDS_REFERENCE, StepContext, kto_terms, pair_terms, reference_pair_logps
 from lorakit.train import batching, build, optim
 from lorakit.train.card import RunSummary, model_card
+from lorakit.train.config import TrainConfig
+from lorakit.train.config_io import to_dict
+from lorakit.train.data import holdout
 from lorakit.train.loop import TrainingDiverged
-from lorakit.train.schema import TrainConfig, to_dict
 from lorakit.train.tracking import MetricsLog, plot_losses
 
 
@@ -85,7 +87,8 @@ def _setup(cfg: TrainConfig) -> PrefRun:
     total = cfg.max_steps or per_epoch * cfg.epochs
     taken = build.check_run_dir(cfg)
     torch.manual_seed(cfg.seed)
-    build_cfg = dataclasses.replace(cfg, task="seq_cls") if cfg.method == "reward" else cfg
+    # a reward model is a one-logit sequence classifier: built as a seq_cls (sft) run would be
+    build_cfg = dataclasses.replace(cfg, task="seq_cls", method="sft") if cfg.method == "reward" else cfg
     model = build.build_model(build_cfg, 1, tokenizer.pad_token_id)
     if cfg.ref_adapter:
         reference.load_reference_adapter(model, cfg.ref_adapter)
@@ -107,12 +110,7 @@ def _setup(cfg: TrainConfig) -> PrefRun:
 
 
 def _split(data: PreferenceData, fraction: float, seed: int) -> tuple[PreferenceData, PreferenceData]:
-    n = len(data.items)
-    n_eval = max(1, round(fraction * n))
-    if n_eval >= n:
-        raise ValueError(f"{data.source}: eval_split={fraction} leaves no training rows (n={n})")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:n_eval])
+    held = holdout(len(data.items), fraction, seed, data.source, "rows")
     keep = [x for i, x in enumerate(data.items) if i not in held]
     out = [x for i, x in enumerate(data.items) if i in held]
     return (PreferenceData(keep, data.source, data.fmt, data.skipped),
@@ -193,11 +191,15 @@ def _cat(parts: list[losses.Terms]) -> losses.Terms:
                         torch.cat([t.rejected_rewards for t in parts]))
 
 
+def _step_counts(data: PreferenceData, micro_batches: list) -> tuple[list[list[int]], int, int]:
+    """(row indices per micro-batch, rows, chosen tokens): what a step's loss is normalised by."""
+    indices = [[row[0] for row in mb] for mb in micro_batches]
+    return indices, sum(len(i) for i in indices), sum(_chosen_tokens(data, i) for i in indices)
+
+
 def _train_step(run: PrefRun, local: list) -> tuple[float, float, dict]:
     """Accumulate the step's micro-batches, clip, step. Returns (loss, grad norm, metrics)."""
-    indices = [[row[0] for row in mb] for mb in local]
-    n_examples = sum(len(i) for i in indices)
-    n_tokens = sum(_chosen_tokens(run.train, i) for i in indices)
+    indices, n_examples, n_tokens = _step_counts(run.train, local)
     loss_total, parts = 0.0, []
     for idx in indices:
         terms = _terms(run, run.train, "train", idx)
@@ -217,10 +219,7 @@ def _train_step(run: PrefRun, local: list) -> tuple[float, float, dict]:
 def _evaluate(run: PrefRun) -> dict:
     """Loss and reward metrics over the eval data, prefixed ``eval_``."""
     run.model.eval()
-    plan = _plan(run.cfg, run.eval, 0, shuffle=False)
-    indices = [[row[0] for row in mb] for mb in plan]
-    n_examples = sum(len(i) for i in indices)
-    n_tokens = sum(_chosen_tokens(run.eval, i) for i in indices)
+    indices, n_examples, n_tokens = _step_counts(run.eval, _plan(run.cfg, run.eval, 0, shuffle=False))
     total, parts = 0.0, []
     for idx in indices:
         terms = _terms(run, run.eval, "eval", idx)

@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorakit.serve.connection import ClientGone, read_json, unless_gone
 from lorakit.serve.engine import Delta, Done, EngineClosed, Failed, QueueFull, Request
 from lorakit.serve.registry import RegistryError
-from lorakit.serve.schema import AdapterLoad, APIError, ChatRequest, CompletionRequest, parse
+from lorakit.serve.request_bodies import AdapterLoad, APIError, ChatRequest, CompletionRequest, parse
 from lorakit.serve.server import AdapterUnavailable, Server
 from lorakit.serve.threads import serial_openmp
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from lorakit.flags import add_flags, field_specs
 from lorakit.serve.config import ServeConfig, fields
 
 
@@ -15,20 +16,7 @@ def add_parser(subparsers) -> None:
         "serve", help="serve a base model and many LoRA adapters (OpenAI-compatible API)",
         description="Serve one base model and any number of PEFT LoRA adapters behind an "
                     "OpenAI-compatible HTTP API; the request's 'model' field picks the adapter.")
-    for f in fields():
-        flag = "--" + f.name.replace("_", "-")
-        text = f.metadata["help"]
-        if f.default not in ("", None) and "default" not in text:
-            text += f" (default: {f.default})"
-        kw = {"help": text, "default": f.default}
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if "action" in f.metadata:
-            kw["action"] = f.metadata["action"]
-            kw["metavar"] = "NAME=PATH"
-        else:
-            kw["type"] = {"int": int, "float": float, "str": str}[f.type]  # annotations are strings here
-        parser.add_argument(flag, **kw)
+    add_flags(parser, field_specs(ServeConfig))
     parser.set_defaults(func=run)
 
 

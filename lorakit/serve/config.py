@@ -7,23 +7,22 @@ its default cannot drift apart from the server's.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-
-def _opt(default, help_text: str, **extra):
-    return field(default=default, metadata={"help": help_text, **extra})
+from lorakit.flags import setting as _opt
+from lorakit.models import DEFAULT_MODEL
 
 
 @dataclass
 class ServeConfig:
-    model: str = _opt("smollm2-135m-instruct", "base model: an embedded name, a local HF directory or a hub id")
+    model: str = _opt(DEFAULT_MODEL, "base model: an embedded name, a local HF directory or a hub id")
     served_model_name: str = _opt("", "name of the base model in the API (default: --model)")
     adapters: str = _opt("", "directory of PEFT adapter directories; each sub-directory is an adapter "
                              "named after it, and POST /v1/adapters may load paths inside it only")
     adapter: list = _opt(None, "NAME=PATH: serve the adapter at PATH as NAME (repeatable; PATH may be anywhere)",
-                         action="append")
+                         action="append", metavar="NAME=PATH")
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8000, "port to listen on")
     api_key: str = _opt("", "require 'Authorization: Bearer KEY' on every endpoint except /health "

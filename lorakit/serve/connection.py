@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 from fastapi import Request as HTTPRequest
 from starlette.requests import ClientDisconnect
 
-from lorakit.serve.schema import APIError, check_json
+from lorakit.serve.request_bodies import APIError, check_json
 
 
 class ClientGone(Exception):

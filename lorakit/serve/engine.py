@@ -33,6 +33,7 @@ import torch
 from transformers import DynamicCache
 
 from lorakit.serve.cache import HostAdapter
+from lorakit.serve.config import ServeConfig
 from lorakit.serve.kvbatch import BatchKV, new_cache
 from lorakit.serve.metrics import ServerMetrics
 from lorakit.serve.sampling import SamplingParams, make_generator, next_tokens
@@ -124,8 +125,10 @@ def prefill_groups(requests: list[Request], max_padding: float = 0.25) -> list[l
 
 
 class Engine:
-    def __init__(self, model, tokenizer, pool: SlotPool, max_batch: int = 32, max_queue: int = 256,
-                 prefill_tokens_per_step: int = 4096, metrics: ServerMetrics | None = None):
+    def __init__(self, model, tokenizer, pool: SlotPool, max_batch: int = ServeConfig.max_batch,
+                 max_queue: int = ServeConfig.max_queue,
+                 prefill_tokens_per_step: int = ServeConfig.prefill_tokens_per_step,
+                 metrics: ServerMetrics | None = None):
         self.model, self.tokenizer, self.pool = model, tokenizer, pool
         self.max_batch, self.max_queue = max_batch, max_queue
         self.prefill_tokens_per_step = prefill_tokens_per_step

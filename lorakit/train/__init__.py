@@ -6,7 +6,7 @@
 See docs/training.md for the config, the data formats and the run directory layout.
 """
 
+from lorakit.train.config import TrainConfig
 from lorakit.train.loop import TrainingDiverged, train
-from lorakit.train.schema import TrainConfig
 
 __all__ = ["TrainConfig", "TrainingDiverged", "train"]

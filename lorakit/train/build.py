@@ -16,14 +16,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lorakit.paths import check_output_dir
+from lorakit.train.config import TrainConfig
+from lorakit.train.config_io import to_yaml
 from lorakit.train.data import TokenizedData, load_data, split_eval
-from lorakit.train.schema import TrainConfig, to_yaml
+from lorakit.train.tasks import TASKS
 
 # Files and folders a run writes; --overwrite removes exactly these, nothing else.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "checkpoints", "adapter", "model",
                "tensorboard", "wandb", "mlruns")
 _HEADS = ("score", "classifier")  # seq_cls heads of Hugging Face models, trained in full
-_PEFT_TASK = {"causal_lm": "CAUSAL_LM", "seq_cls": "SEQ_CLS"}
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -171,7 +172,7 @@ def _adapter_config(cfg: TrainConfig, model: nn.Module):
             raise ValueError(f"{cfg.model}: no classification head named one of {list(_HEADS)}")
         saved += [head] if head not in saved else []
     return dataclasses.replace(cfg.lora, modules_to_save=saved or None,
-                               task_type=_PEFT_TASK[cfg.task], base_model_name_or_path=base_model_id(cfg.model))
+                               task_type=TASKS[cfg.task].peft_task_type, base_model_name_or_path=base_model_id(cfg.model))
 
 
 def base_model_id(model: str) -> str:

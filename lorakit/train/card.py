@@ -13,7 +13,7 @@ import yaml
 
 from lorakit.models import EMBEDDED_HUB_IDS
 from lorakit.train.build import base_model_id
-from lorakit.train.schema import TrainConfig
+from lorakit.train.config import TrainConfig
 
 
 @dataclass

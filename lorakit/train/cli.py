@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lorakit.train import data_cli, schema
+from lorakit.train import config_io, data_cli
+from lorakit.train.config import TrainConfig
 
 _EPILOG = """examples:
   lorakit train examples/sql_demo.yaml
@@ -33,14 +34,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "as the model sees them (see `lorakit data preview`); loads only "
                              "the tokenizer, writes nothing")
     data_cli.add_preview_arguments(parser)
-    schema.add_arguments(parser)
+    config_io.add_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> schema.TrainConfig:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The resolved config: the run's saved config (resume), else file < flags."""
-    flags = schema.flag_values(args)
+    flags = config_io.flag_values(args)
     if args.resume:
         if args.config:
             raise ValueError("--resume takes its settings from RUN_DIR/config.yaml; pass no "
@@ -48,9 +49,9 @@ def config_from_args(args: argparse.Namespace) -> schema.TrainConfig:
         from lorakit.train.resume import resume_config
 
         return resume_config(args.resume, flags)
-    values = schema.load_yaml(args.config) if args.config else {}
+    values = config_io.load_yaml(args.config) if args.config else {}
     source = f"{args.config} + flags" if args.config and flags else (args.config or "flags")
-    return schema.from_dict(schema.merge(values, flags), source)
+    return config_io.from_dict(config_io.merge(values, flags), source)
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -58,7 +59,7 @@ def _command(args: argparse.Namespace) -> list[str]:
     head = ["lorakit", "train"] + ([args.config] if args.config else [])
     if args.resume:
         head += ["--resume", args.resume]
-    return head + schema.as_flags(schema.flag_values(args))
+    return head + config_io.as_flags(config_io.flag_values(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,12 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     if args.dry_run:
-        return data_cli.show(cfg, args, header="--- resolved config ---\n" + schema.to_yaml(cfg))
-    if cfg.task in ("text-to-image", "unconditional"):
-        from lorakit.diffusion.train import train_diffusion
-
-        train_diffusion(cfg)
-        return 0
+        return data_cli.show(cfg, args, header="--- resolved config ---\n" + config_io.to_yaml(cfg))
     try:
         train(cfg, resume=bool(args.resume), command=_command(args))
     except TrainingDiverged as err:

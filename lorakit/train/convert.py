@@ -15,12 +15,14 @@ import json
 import os
 import re
 import sys
+import typing
 from pathlib import Path
 
 import yaml
 
 from lorakit.config import LoraConfig
-from lorakit.train import peer_config, schema
+from lorakit.train import config_io, peer_config
+from lorakit.train.config import TrainConfig
 
 # Axolotl dataset type -> lorakit format
 AXOLOTL_TYPES = {"alpaca": "instruction", "alpaca_chat": "instruction",
@@ -129,7 +131,7 @@ def convert(values: dict, base: Path) -> tuple[dict, dict[str, str], list[str]]:
         out.update(_llamafactory_dataset(values.pop("dataset"), directory, unknown))
         unknown.pop("dataset_dir", None)
         unknown.pop("dataset", None) if out.get("data") else None
-    fields = {f.name for f in dataclasses.fields(schema.TrainConfig)}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     lora_fields = {f.name for f in dataclasses.fields(LoraConfig)}
     for key, value in values.items():
         if key == "lora" and isinstance(value, dict):
@@ -142,8 +144,8 @@ def convert(values: dict, base: Path) -> tuple[dict, dict[str, str], list[str]]:
             unknown.setdefault(key, "no lorakit equivalent")
     if isinstance(out.get("output_dir"), str) and not Path(out["output_dir"]).is_absolute():
         out["output_dir"] = os.path.normpath(base / out["output_dir"])
-    hints = schema._hints(schema.TrainConfig)
-    out = {k: schema.yaml_number(v, hints[k]) if k in hints else v for k, v in out.items()}
+    hints = typing.get_type_hints(TrainConfig)
+    out = {k: config_io.yaml_number(v, hints[k]) if k in hints else v for k, v in out.items()}
     return out, unknown, notes
 
 
@@ -151,13 +153,13 @@ def convert_file(path: str | Path, out_path: str | Path | None) -> tuple[str, di
     """The lorakit YAML text for a peer config file (paths relative to ``out_path``'s
     directory, or absolute when printing), checked by loading it; and what has no equivalent."""
     path = Path(path)
-    values = schema.load_yaml(path, relative_to_file=False)
+    values = config_io.load_yaml(path, relative_to_file=False)
     config, unknown, notes = convert(values, path.parent)
     for key in ("data", "eval_data", "output_dir", "model"):
         value = config.get(key)
         if isinstance(value, str) and os.path.exists(value):
             config[key] = os.path.abspath(value)
-    schema.from_dict(config, f"{path} (converted)")  # the result loads, or this names why
+    config_io.from_dict(config, f"{path} (converted)")  # the result loads, or this names why
     if out_path:
         target_dir = Path(out_path).resolve().parent
         for key in ("data", "eval_data", "output_dir", "model"):

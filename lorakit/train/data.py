@@ -90,14 +90,19 @@ def _assign_label_ids(examples: list[Example], names: list[str] | None) -> list[
     return names
 
 
-def split_eval(data: TokenizedData, fraction: float, seed: int) -> tuple[TokenizedData, TokenizedData]:
-    """Hold out ``round(fraction * n)`` examples (at least 1), chosen by ``seed``."""
-    n = len(data.examples)
+def holdout(n: int, fraction: float, seed: int, source: str, what: str = "examples") -> set[int]:
+    """The indices of ``round(fraction * n)`` held-out items (at least 1), chosen by ``seed``;
+    an error naming ``source`` when that leaves no training ``what``."""
     n_eval = max(1, round(fraction * n))
     if n_eval >= n:
-        raise ValueError(f"{data.source}: eval_split={fraction} leaves no training examples (n={n})")
+        raise ValueError(f"{source}: eval_split={fraction} leaves no training {what} (n={n})")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    held = set(order[:n_eval])
+    return set(order[:n_eval])
+
+
+def split_eval(data: TokenizedData, fraction: float, seed: int) -> tuple[TokenizedData, TokenizedData]:
+    """Hold out ``round(fraction * n)`` examples (at least 1), chosen by ``seed``."""
+    held = holdout(len(data.examples), fraction, seed, data.source)
     train = [e for i, e in enumerate(data.examples) if i not in held]
     evals = [e for i, e in enumerate(data.examples) if i in held]
     return (TokenizedData(train, data.fmt, data.source, data.skipped, data.label_names),

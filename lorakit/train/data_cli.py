@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from lorakit.train import schema
+from lorakit.train import config_io
+from lorakit.train.config import TrainConfig
 
 _EPILOG = """examples:
   lorakit data preview examples/sql_demo.yaml
@@ -37,12 +38,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML config file (keys = the flags below)")
     add_preview_arguments(p)
-    schema.add_arguments(p)
+    config_io.add_arguments(p)
     p.set_defaults(func=run, resume=None)
     return parser
 
 
-def show(cfg: schema.TrainConfig, args: argparse.Namespace, header: str = "") -> int:
+def show(cfg: TrainConfig, args: argparse.Namespace, header: str = "") -> int:
     """Print the preview of ``cfg`` as ``args`` asks (text output after ``header``); exit code
     1 if training would stop."""
     from lorakit.train.preview import format_preview, preview

@@ -26,9 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lorakit.fast import enable_fast_training
-from lorakit.train import batching, build, checkpoint, control, distributed, losses, optim
+from lorakit.train import batching, build, checkpoint, control, distributed, losses, optim, tasks
 from lorakit.train.card import RunSummary, model_card
-from lorakit.train.schema import TrainConfig, to_dict
+from lorakit.train.config import TrainConfig
+from lorakit.train.config_io import to_dict
 from lorakit.train.tracking import MetricsLog, plot_losses
 
 
@@ -71,20 +72,17 @@ class Run:
 def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = None) -> Path:
     """Train as ``cfg`` says and return the output directory (adapter, or model for ``full``).
 
-    With ``resume`` the run continues from the newest checkpoint in ``cfg.output_dir``. A run
-    stopped on request (``control.request_stop``) returns the checkpoint it wrote instead.
-    Raises ``TrainingDiverged`` on a NaN/inf loss (checkpoints are kept).
+    The task and method pick the runner (``lorakit.train.tasks``): this file's loop for
+    ``sft`` on text, the preference loop, the image or the diffusion trainer. With ``resume``
+    the run continues from the newest checkpoint in ``cfg.output_dir``. A run stopped on
+    request (``control.request_stop``) returns the checkpoint it wrote instead. Raises
+    ``TrainingDiverged`` on a NaN/inf loss (checkpoints are kept).
     """
-    if cfg.task == "image_classification":
-        from lorakit.vision.train import train_images
+    return tasks.run(cfg, resume, command or ["python", "-c", "lorakit.train.train(...)"])
 
-        return train_images(cfg, resume)
-    if cfg.method != "sft":
-        if resume:
-            raise ValueError(f"--resume continues sft runs only; method {cfg.method!r} writes no checkpoints")
-        from lorakit.preference.loop import train_preference
 
-        return train_preference(cfg, command or ["python", "-c", "lorakit.train.train(...)"])
+def train_sft(cfg: TrainConfig, resume: bool, command: list[str]) -> Path:
+    """The supervised loop of this file (tasks causal_lm and seq_cls, method sft)."""
     world = distributed.init_world()
     try:
         run = _setup(cfg, world, resume)
@@ -92,7 +90,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: list[str] | None = No
         progress = _loop(run, progress)
         if run.stopped:
             return _stopped(run, progress)
-        return _finish(run, progress, command or ["python", "-c", "lorakit.train.train(...)"])
+        return _finish(run, progress, command)
     finally:
         distributed.close_world(world)
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from lorakit.train.config import TrainConfig
 from lorakit.train.formats import IGNORE, Example
-from lorakit.train.schema import TrainConfig
 
 __all__ = ["preview", "segments", "format_preview"]
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.train import schema
+from lorakit.train import config_io
 from lorakit.train.checkpoint import latest_checkpoint
+from lorakit.train.config import TrainConfig
+from lorakit.train.tasks import TASKS
 from lorakit.train.tracking import read_metrics
 
 RESUMABLE = ("progress", "log_every", "eval_every", "save_every", "keep_last",
@@ -30,19 +32,15 @@ def _finished_step(run_dir: Path) -> int | None:
     return max(steps, default=0)
 
 
-# tasks whose trainers (lorakit.vision, lorakit.diffusion) write no intermediate checkpoints
-NO_CHECKPOINT_TASKS = ("image_classification", "text-to-image", "unconditional")
-
-
-def resume_config(run_dir: str | Path, flags: dict) -> schema.TrainConfig:
+def resume_config(run_dir: str | Path, flags: dict) -> TrainConfig:
     """The saved config of ``run_dir`` with the allowed ``flags`` applied (see module doc)."""
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: not a lorakit run directory (no config.yaml)")
-    saved = schema.load_yaml(path, relative_to_file=False)
-    current = schema.to_dict(schema.from_dict(saved, str(path)))
-    if current["task"] in NO_CHECKPOINT_TASKS:
+    saved = config_io.load_yaml(path, relative_to_file=False)
+    current = config_io.to_dict(config_io.from_dict(saved, str(path)))
+    if not TASKS[current["task"]].checkpoints:  # lorakit.vision, lorakit.diffusion
         raise ValueError(f"--resume {run_dir}: task {current['task']} does not support --resume "
                          "(its runs write no intermediate checkpoints); start it again instead")
     changed = {k: v for k, v in flags.items() if k != "lora" and current.get(k) != v}
@@ -68,9 +66,9 @@ def resume_config(run_dir: str | Path, flags: dict) -> schema.TrainConfig:
                else "the run stopped before its first checkpoint: start it again with the same "
                     "config, or with --overwrite")
         raise FileNotFoundError(f"no checkpoint to resume from in {run_dir / 'checkpoints'} ({why})")
-    resolved = schema.merge(current, {k: v for k, v in flags.items() if k != "lora"})
-    cfg = schema.from_dict(resolved, f"{path} + flags")
-    path.write_text(schema.to_yaml(cfg))  # the record says what the resumed run used
+    resolved = config_io.merge(current, {k: v for k, v in flags.items() if k != "lora"})
+    cfg = config_io.from_dict(resolved, f"{path} + flags")
+    path.write_text(config_io.to_yaml(cfg))  # the record says what the resumed run used
     return cfg
 
 

@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lorakit.serve.sampling import SamplingParams
-from lorakit.train.schema import to_yaml
+from lorakit.train.config_io import to_yaml
 from lorakit.ui.chat import MAX_ADAPTERS, ChatColumn, ChatHub, event_json
 from lorakit.ui.forms import config_from_form, form_fields
 from lorakit.ui.jobs import Jobs

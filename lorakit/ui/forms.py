@@ -10,7 +10,8 @@ from typing import Literal
 
 import yaml
 
-from lorakit.train import schema
+from lorakit.train import config_io
+from lorakit.train.config import TrainConfig
 from lorakit.ui.runs import RunError
 
 # Settings the dashboard sets itself: where the run goes, and no progress bar in the log file
@@ -36,16 +37,17 @@ def form_fields() -> list[dict]:
     None for top-level keys and ``"lora"`` for keys under ``lora:``; ``kind`` is bool, int,
     float, str, choice or yaml (a YAML-typed value, shown as text)."""
     out = []
-    for section, name, hint, default, help_text in schema._flag_fields():
+    for section, spec in config_io.flag_fields():
+        name, default = spec.name, spec.default
         if section is None and name in FIXED:
             continue
-        kind, choices = _kind(hint)
+        kind, choices = _kind(spec.hint)
         if section is None and name in UI_DEFAULTS:
             default = UI_DEFAULTS[name]
         if kind == "yaml":
             default = yaml.safe_dump(default, default_flow_style=True).removesuffix("...\n").strip()
         out.append({"section": section, "name": name, "kind": kind, "choices": choices,
-                    "default": default, "help": help_text})
+                    "default": default, "help": spec.help})
     return out
 
 
@@ -58,7 +60,7 @@ def _value(field: dict, raw):
     return raw
 
 
-def config_from_form(values: dict, output_dir: str) -> schema.TrainConfig:
+def config_from_form(values: dict, output_dir: str) -> TrainConfig:
     """A ``TrainConfig`` from the form's ``{name: value}`` (LoRA keys flat, as in the flags;
     yaml fields as text). Unknown names and invalid values raise ``RunError(422)`` naming the
     field."""
@@ -74,6 +76,6 @@ def config_from_form(values: dict, output_dir: str) -> schema.TrainConfig:
         (top if name in known_top else lora)[name] = _value(fields[name], raw)
     top.update(output_dir=output_dir, lora=lora)
     try:
-        return schema.from_dict(top, "form")
+        return config_io.from_dict(top, "form")
     except ValueError as err:
         raise RunError(422, str(err)) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorakit.analysis.cli import _finite, means_by_type
+from lorakit.analysis.cli import json_safe, means_by_type
 from lorakit.analysis.factors import read_adapter
 from lorakit.analysis.report import inspect_layers, mean_grids, update_svd
 
@@ -25,4 +25,4 @@ def inspect_adapter(adapter: str | Path, vs: str | Path | None = None, subject: 
            "layers": rows, "means": means_by_type(rows)}
     if grids:
         out["mean_grids"] = {k: g.tolist() for k, g in mean_grids(grids).items()}
-    return _finite(out)
+    return json_safe(out)

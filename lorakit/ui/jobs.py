@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from lorakit.train.config import TrainConfig
 from lorakit.train.control import request_stop
 from lorakit.ui.runs import RunError, Runs
 
@@ -132,8 +133,8 @@ class Jobs:
             out = self.runs.path(name) / "evals" / f"{Path(data).stem}.json"
             cmd = _cli("eval", "--model", str(cfg.get("model")), "--adapter", str(adapter),
                        "--data", data, "--out", str(out), "--max-new-tokens", str(max_new_tokens),
-                       "--instruction-template", str(cfg.get("instruction_template", "alpaca")),
-                       "--task", str(cfg.get("task", "causal_lm")), "--limit", str(limit))
+                       "--instruction-template", str(cfg.get("instruction_template", TrainConfig.instruction_template)),
+                       "--task", str(cfg.get("task", TrainConfig.task)), "--limit", str(limit))
             commands.append(cmd + ([] if i == 0 else ["--no-base"]))
         job = {"id": f"eval-{int(time.time() * 1000)}", "runs": names, "data": data,
                "state": "running", "done": 0, "total": len(commands), "log": ""}

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from lorakit.formats import label_map
 from lorakit.train import build, optim
-from lorakit.train.schema import TrainConfig
+from lorakit.train.config import TrainConfig
 from lorakit.train.tracking import MetricsLog, plot_losses
 from lorakit.vision import models
 from lorakit.vision.data import ImageData, load_images, split_images

@@ -1,24 +1,24 @@
-"""`lorakit merge` (adapter -> standalone merged model) and `lorakit models` (embedded models)."""
+"""``lorakit merge``: an adapter merged into its base model, saved as a plain Hugging Face model
+directory."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from lorakit.models import DEFAULT_MODEL
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge", help="merge an adapter into its base model and save the result",
                        description="Load MODEL, apply the PEFT adapter ADAPTER, merge it into the "
                                    "weights and save a plain Hugging Face model directory to OUT.")
-    p.add_argument("--model", default="smollm2-135m-instruct", help="base model: embedded name, local directory or Hub id (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="base model: embedded name, local directory or Hub id (default: %(default)s)")
     p.add_argument("--adapter", required=True, help="PEFT adapter directory")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype the merged model is computed and saved in")
     p.set_defaults(func=_merge)
-
-    m = sub.add_parser("models", help="list the embedded models and whether they are converted")
-    m.set_defaults(func=_models)
 
 
 def _merge(args) -> int:
@@ -38,14 +38,4 @@ def _merge(args) -> int:
     model.save_pretrained(out)
     load_tokenizer(args.model).save_pretrained(out)
     print(f"merged {args.adapter} into {args.model} -> {out}")
-    return 0
-
-
-def _models(args) -> int:
-    from lorakit.models import EMBEDDED, cache_dir
-
-    for name, (package, gguf) in EMBEDDED.items():
-        cached = (cache_dir() / name / "model.safetensors").exists()
-        print(f"{name:28s} from pip package {package} ({gguf}); "
-              f"{'converted at ' + str(cache_dir() / name) if cached else 'not converted yet (first load converts it)'}")
     return 0

@@ -207,8 +207,8 @@ def weights_path(directory: str | Path) -> Path:
     directory = Path(directory)
     path = directory / WEIGHTS_NAME
     if not path.exists() and (directory / PICKLE_NAME).exists():
-        raise ValueError(f"{directory}: only {PICKLE_NAME} (pickle) found; lorakit loads "
-                         "safetensors only. Re-save it with PEFT's safe_serialization=True.")
+        raise ValueError(f"{directory}: no {WEIGHTS_NAME}, only {PICKLE_NAME} (pickle) found; lorakit "
+                         "loads safetensors only. Re-save it with PEFT's safe_serialization=True.")
     return path
 
 
@@ -224,7 +224,8 @@ def _check_ranks(tensors: dict[str, torch.Tensor], rank_for: Callable[[str], int
         dim = rank_dim(key)
         if dim is None or tensor.dim() <= dim:
             continue
-        module, want = parse_key(key).module, rank_for(parse_key(key).module)
+        module = parse_key(key).module
+        want = rank_for(module)
         if tensor.shape[dim] != want:
             raise ValueError(f"{source}: tensor {key} holds rank {tensor.shape[dim]} at {module} but "
                              f"the adapter config says {want} (a hot-swapped adapter keeps its "

@@ -24,7 +24,7 @@ from common import machine_info, machine_line  # noqa: E402
 
 from lorakit.export import check, export, load_source  # noqa: E402
 from lorakit.export.source import embedded_gguf  # noqa: E402
-from tests.export_support import make_adapter  # noqa: E402
+from adapters import make_adapter  # noqa: E402
 
 EXPORTS = [("gguf-lora", "f32"), ("gguf-lora", "f16"), ("gguf-lora", "q8_0"),
            ("gguf", "f16"), ("gguf", "q8_0"), ("gguf", "q4_0"), ("hf", None), ("ollama", "q8_0")]

@@ -35,7 +35,7 @@ import torch
 from common import machine_info
 
 import lorakit
-from lorakit.serve.cache import HostCache, read_adapter
+from lorakit.serve.cache import HostCache, load_host_adapter
 from lorakit.serve.engine import Delta, Done, Engine, Request
 from lorakit.serve.sampling import SamplingParams
 from lorakit.serve.slots import SlotPool
@@ -170,7 +170,7 @@ def hot_load(base, root: Path, reps: int) -> dict:
                                            autocast_adapter_dtype=False)
     for i in range(reps):
         t0 = time.perf_counter()
-        adapter = read_adapter(d, pool.layer_shapes, torch.bfloat16, name=f"x{i}")
+        adapter = load_host_adapter(d, pool.layer_shapes, torch.bfloat16, name=f"x{i}")
         t1 = time.perf_counter()
         pool.write(i % 2, adapter)
         t2 = time.perf_counter()

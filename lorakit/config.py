@@ -1,23 +1,23 @@
 """LoraConfig: PEFT's field names and semantics, typed and validated once at construction.
 
-``to_peft_dict`` / ``from_peft_dict`` read and write ``adapter_config.json``. A reader drops keys
-it does not know with a warning (newer PEFT versions add keys) and refuses, by name, known PEFT
-features that lorakit does not implement when a file switches them on.
+``to_peft_dict`` / ``from_peft_dict`` read and write ``adapter_config.json`` through
+``lorakit.formats.peft`` (the one reader: unknown keys dropped, with a warning when set, since
+newer PEFT versions add keys), refusing by name known PEFT features that lorakit does not
+implement when a file switches them on.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
-CONFIG_NAME = "adapter_config.json"
+from lorakit.formats.peft import config_fields, read_config_json, write_config
+
 BIAS_MODES = ("none", "all", "lora_only")
 
 # init_lora_weights values handled by the core; variants register more (see lorakit.inits).
@@ -37,14 +37,6 @@ _UNSUPPORTED_WHEN_SET = (
     "eva_config",
     "use_bdlora",
     "arrow_config",
-)
-
-# PEFT keys that carry no meaning for a LoRA forward here (bookkeeping, or settings that only
-# matter together with a switch refused above): read silently.
-_INFORMATIONAL = (
-    "auto_mapping", "peft_version", "revision", "megatron_core", "qalora_group_size",
-    "loftq_config", "runtime_config", "ensure_weight_tying", "kasa_config", "monteclora_config",
-    "velora_config",
 )
 
 StrList = Union[list[str], str, None]
@@ -115,17 +107,8 @@ class LoraConfig:
 
     @classmethod
     def from_peft_dict(cls, d: dict[str, Any], source: str = "adapter config") -> "LoraConfig":
-        if d.get("peft_type", "LORA") != "LORA":
-            raise ValueError(f"{source}: peft_type {d.get('peft_type')!r} is not a LoRA adapter")
-        for key in _UNSUPPORTED_WHEN_SET:
-            if d.get(key):
-                raise ValueError(f"{source}: unsupported PEFT feature {key}={d[key]!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if k not in known and k not in _UNSUPPORTED_WHEN_SET
-                         and not (k in _INFORMATIONAL and not _switches_on(k, d[k])))
-        if unknown:
-            warnings.warn(f"{source}: ignoring unknown keys {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs = config_fields(d, {f.name for f in dataclasses.fields(cls)}, "LORA", source,
+                               refused=_UNSUPPORTED_WHEN_SET)
         kwargs["rank_pattern"] = kwargs.get("rank_pattern") or {}
         kwargs["alpha_pattern"] = kwargs.get("alpha_pattern") or {}
         try:
@@ -134,12 +117,11 @@ class LoraConfig:
             raise ValueError(f"{source}: {err}") from None
 
     def save(self, directory: str | Path) -> None:
-        path = Path(directory) / CONFIG_NAME
-        path.write_text(json.dumps(self.to_peft_dict(), indent=2, sort_keys=True))
+        write_config(directory, self.to_peft_dict())
 
     @classmethod
     def load(cls, directory: str | Path) -> "LoraConfig":
-        data, path = _read_json(directory)
+        data, path = read_config_json(directory)
         return cls.from_peft_dict(data, source=str(path))
 
 
@@ -155,36 +137,11 @@ def register_adapter_type(peft_type: str, config_cls: type) -> None:
 
 def load_config(directory: str | Path):
     """The config in ``directory/adapter_config.json``, as the class its ``peft_type`` names."""
-    data, path = _read_json(directory)
+    data, path = read_config_json(directory)
     peft_type = data.get("peft_type", "LORA")
     if peft_type not in ADAPTER_TYPES:
         raise ValueError(f"{path}: peft_type {peft_type!r} is not supported; known: {sorted(ADAPTER_TYPES)}")
     return ADAPTER_TYPES[peft_type].from_peft_dict(data, source=str(path))
-
-
-def _read_json(directory: str | Path) -> tuple[dict, Path]:
-    path = Path(directory) / CONFIG_NAME
-    if Path(directory).is_file():
-        raise ValueError(f"{directory} is a file; an adapter is a directory holding {CONFIG_NAME}")
-    if not path.exists():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}")
-    if not path.is_file():
-        raise ValueError(f"{path} is not a file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: holds a JSON {type(data).__name__}; an adapter config is a JSON "
-                         "object of settings")
-    return data, path
-
-
-def _switches_on(key: str, value) -> bool:
-    # Settings PEFT writes with a truthy default although they change nothing by themselves.
-    return key in ("kasa_config", "monteclora_config", "velora_config") and bool(value)
 
 
 def _is_int(v) -> bool:

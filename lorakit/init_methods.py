@@ -26,18 +26,16 @@ lorakit's own NF4 codec, and leaves a 4-bit base behind; OLoRA honours ``fan_in_
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from safetensors.torch import save_file
-
 from lorakit.errors import NotFoundError
+from lorakit.formats import peft
 from lorakit.inits import register_init
 from lorakit.inject import adapter_configs
-from lorakit.io import WEIGHTS_NAME, adapter_state_dict, read_tensors
+from lorakit.io import adapter_state_dict
 from lorakit.quant.linear4bit import Linear4bit
 from lorakit.quant.nf4 import nf4_dequantize, nf4_quantize
 
@@ -225,22 +223,23 @@ def save_converted_adapter(model: nn.Module, directory: str | Path, initial, nam
     tensors = {}
     for key, param in adapter_state_dict(model, name).items():
         now = param.detach().cpu().float()
-        if key.endswith(("lora_A.weight", "lora_B.weight")) and key not in start:
+        suffix = peft.parse_key(key).suffix
+        if suffix in ("lora_A.weight", "lora_B.weight") and key not in start:
             raise ValueError(f"{source}: missing initial tensor {key}")
-        if key.endswith("lora_A.weight"):
+        if suffix == "lora_A.weight":
             now = torch.cat([now, start[key].float()], dim=0)
-        elif key.endswith("lora_B.weight"):
+        elif suffix == "lora_B.weight":
             now = torch.cat([now, -start[key].float()], dim=1)
         tensors[key] = now.to(param.dtype).contiguous()
-    _write_adapter(directory, tensors, _doubled_config(config, model))
-    return Path(directory)
+    config = _doubled_config(config, model)
+    return peft.write_adapter(directory, tensors, config.to_peft_dict(), config.rank_for)
 
 
 def _initial_tensors(initial) -> tuple[dict, str]:
     if isinstance(initial, dict):
         return {k: v.detach().cpu() for k, v in initial.items()}, "initial adapter state"
-    path = Path(initial) / WEIGHTS_NAME
-    return read_tensors(path), str(path)
+    tensors, path = peft.read_weights(initial)
+    return tensors, str(path)
 
 
 def _doubled_config(config, model):
@@ -252,13 +251,3 @@ def _doubled_config(config, model):
         base_model_name_or_path=config.base_model_name_or_path
         or getattr(getattr(model, "config", None), "_name_or_path", None),
     )
-
-
-def _write_adapter(directory: str | Path, tensors: dict, config) -> None:
-    """``adapter_model.safetensors`` (written to a temp file, then renamed) + ``adapter_config.json``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    tmp.replace(directory / WEIGHTS_NAME)
-    config.save(directory)

@@ -1,30 +1,27 @@
-"""Adapter files in PEFT's on-disk format, both directions, and in-place hot-swap.
+"""A model's adapters to and from PEFT adapter directories, and in-place hot-swap.
 
-A directory holds ``adapter_config.json`` and ``adapter_model.safetensors``; tensor keys are
-``base_model.model.<module path>.<suffix>`` with the adapter name removed (``lora_A.weight``,
-``lora_embedding_A``, ``lora_magnitude_vector``; ``modules_to_save`` copies under the module's
-own path). This file is the only place that knows the mapping. Weights load through
-safetensors only (no pickle).
+This is the model side: it walks a model's adapted modules (``LoraLayer.adapter_params``) to
+name each live parameter by its stored key, and checks loaded tensors against them (missing,
+unexpected, shape). What the files hold (names, keys, ``adapter_config.json``, atomic
+writes, the value checks) is ``lorakit.formats.peft``'s: this module calls it and knows no
+file format itself.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from lorakit.config import CONFIG_NAME, LoraConfig, load_config
+from lorakit.config import LoraConfig, load_config
 from lorakit.errors import NotFoundError
+from lorakit.formats import peft
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer, ModulesToSave
 from lorakit.paths import check_output_dir
 from lorakit.legacy_names import translate_keys
 
-WEIGHTS_NAME = "adapter_model.safetensors"
-PREFIX = "base_model.model."
 _NONFINITE_HINT = "lorakit.load_adapter(..., allow_nonfinite=True) loads it anyway"
 
 
@@ -36,94 +33,34 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> dict[str, nn.
     out = {}
     for module_name, module in adapted_modules(model):
         for suffix, param in module.adapter_params(name).items():
-            out[f"{PREFIX}{module_name}.{suffix}"] = param
+            out[peft.tensor_key(module_name, suffix)] = param
         base = getattr(module, "base_layer", None)
         if configs[name].bias == "lora_only" and name in module.adapter_names \
                 and getattr(base, "bias", None) is not None:
-            out[f"{PREFIX}{module_name}.base_layer.bias"] = base.bias
+            out[peft.tensor_key(module_name, "base_layer.bias")] = base.bias
     if configs[name].bias == "all":
         for key, param in model.named_parameters():
             if key.endswith("bias") and "lora_" not in key and ".modules_to_save." not in key \
                     and ".original_module." not in key:
-                out[PREFIX + key] = param
+                out[peft.tensor_key(key)] = param
     return out
 
 
-def read_tensors(path: str | Path, allow_nonfinite: bool = False, hint: str = "") -> dict[str, torch.Tensor]:
-    """Load a safetensors file of adapter tensors; anything unreadable raises an error that
-    names the file, and ``check_tensors`` refuses values no adapter holds (``hint`` ends its
-    message)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"adapter weights not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a file")
-    try:
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error type for corrupt headers
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    check_tensors(tensors, path, allow_nonfinite, hint)
-    return tensors
-
-
-def check_tensors(tensors: dict[str, torch.Tensor], source, allow_nonfinite: bool = False,
-                  hint: str = "") -> None:
-    """Refuse, naming ``source`` and the tensor, a dtype that is not floating point (int, bool,
-    complex: no adapter weight is one) and, unless ``allow_nonfinite``, NaN or inf values (they
-    would poison every output they touch). The one check for every reader of adapter files:
-    ``load_adapter``, ``hotswap``, the server's host cache, ``lorakit inspect``."""
-    for key, tensor in tensors.items():
-        if not tensor.is_floating_point():
-            raise ValueError(f"{source}: tensor {key} has dtype {tensor.dtype}; adapter tensors are "
-                             "floating point")
-        if not allow_nonfinite and not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"{source}: tensor {key} holds {bad} NaN/inf value(s) of {tensor.numel()}"
-                             + (f"; {hint}" if hint else ""))
-
-
-def _weights_path(directory: Path) -> Path:
-    path = directory / WEIGHTS_NAME
-    if not path.exists() and (directory / "adapter_model.bin").exists():
-        raise ValueError(f"{directory}: only adapter_model.bin (pickle) found; lorakit loads "
-                         "safetensors only. Re-save it with PEFT's safe_serialization=True.")
-    return path
-
-
-def _check_ranks(model: nn.Module, name: str, config: LoraConfig) -> None:
-    for module_name, module in adapted_modules(model):
-        if isinstance(module, LoraLayer) and name in module.r and module.r[name] != config.rank_for(module_name):
-            raise ValueError(f"adapter {name!r} at {module_name} holds rank {module.r[name]} (hot-swapped, "
-                             f"zero-padded) but its config says {config.rank_for(module_name)}; "
-                             "it cannot be saved as a PEFT adapter")
-
-
 def save_adapter(model: nn.Module, directory: str | Path, name: str = "default") -> Path:
-    """Write adapter ``name`` as a PEFT adapter directory (atomically: temp files, then rename)."""
+    """Write adapter ``name`` as a PEFT adapter directory (``formats.peft.write_adapter``:
+    atomic; tensor dtypes and, for LoRA, every layer's rank against the config checked first)."""
     directory = Path(directory)
     config = adapter_configs(model).get(name)
     if config is None:
         raise NotFoundError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
-    if isinstance(config, LoraConfig):
-        _check_ranks(model, name, config)
     check_output_dir(directory, "adapter directory")
-    for file_name in (WEIGHTS_NAME, CONFIG_NAME):
-        if (directory / file_name).is_dir():
-            raise ValueError(f"{directory / file_name} is a directory; cannot write the adapter there")
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: p.detach().cpu().contiguous().clone() for k, p in adapter_state_dict(model, name).items()}
     if hasattr(config, "export_tensors"):  # other adapter types: shared or pruned tensors
         tensors = config.export_tensors(model, name, tensors)
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
-    tmp = directory / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        tmp.replace(directory / WEIGHTS_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no temp file behind
-    config.save(directory)
-    return directory
+    rank_for = config.rank_for if isinstance(config, LoraConfig) else None
+    return peft.write_adapter(directory, tensors, config.to_peft_dict(), rank_for)
 
 
 def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
@@ -141,8 +78,8 @@ def load_adapter(model: nn.Module, directory: str | Path, name: str = "default",
     directory = Path(directory)
     config = load_config(directory)
     config.inference_mode = not is_trainable
-    tensors = read_tensors(_weights_path(directory), allow_nonfinite, _NONFINITE_HINT)
-    return load_adapter_tensors(model, config, tensors, name, directory / WEIGHTS_NAME, adapter_dtype,
+    tensors, source = peft.read_weights(directory, allow_nonfinite, _NONFINITE_HINT)
+    return load_adapter_tensors(model, config, tensors, name, source, adapter_dtype,
                                 config_source=directory)
 
 
@@ -175,12 +112,12 @@ def _optional_keys(model: nn.Module, name: str) -> dict[str, nn.Parameter]:
     out = {}
     for module_name, module in adapted_modules(model):
         if isinstance(module, LoraEmbedding):
-            out[f"{PREFIX}{module_name}.base_layer.weight"] = module.base_layer.weight
+            out[peft.tensor_key(module_name, "base_layer.weight")] = module.base_layer.weight
         if isinstance(module, ModulesToSave) and name in module.modules_to_save:
             for sub, mod in (("original_module", module.original_module),
                              ("modules_to_save", module.modules_to_save[name])):
                 for pname, p in mod.named_parameters():
-                    out[f"{PREFIX}{module_name}.{sub}.{pname}"] = p
+                    out[peft.tensor_key(module_name, sub, pname)] = p
     return out
 
 
@@ -202,18 +139,9 @@ def _assign(model: nn.Module, name: str, tensors: dict, source: Path) -> None:
             param.copy_(tensors[key].to(param.dtype))
 
 
-def _rank_dim(key: str) -> int | None:
-    """The rank dimension of a stored factor (A: rows, B: columns), None for other tensors."""
-    if ".lora_A." in key or key.endswith(".lora_embedding_A"):
-        return 0
-    if ".lora_B." in key or key.endswith(".lora_B") or key.endswith(".lora_embedding_B"):
-        return 1
-    return None
-
-
 def _check_swap_shape(key: str, new: tuple, old: tuple, source: Path) -> None:
     """A hot-swapped tensor matches the loaded one except for a rank that may be smaller."""
-    rank = _rank_dim(key)
+    rank = peft.rank_dim(key)
     ok = len(new) == len(old) and all(n == o or (i == rank and n <= o)
                                       for i, (n, o) in enumerate(zip(new, old)))
     if not ok:
@@ -235,8 +163,7 @@ def hotswap(model: nn.Module, directory: str | Path, name: str = "default",
     """
     directory = Path(directory)
     config = LoraConfig.load(directory)
-    tensors = read_tensors(_weights_path(directory), allow_nonfinite, _NONFINITE_HINT)
-    source = directory / WEIGHTS_NAME
+    tensors, source = peft.read_weights(directory, allow_nonfinite, _NONFINITE_HINT)
     expected = adapter_state_dict(model, name)
     if set(expected) != set(tensors):
         diff = sorted(set(expected) ^ set(tensors))

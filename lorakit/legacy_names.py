@@ -24,9 +24,10 @@ import warnings
 
 from torch import nn
 
+from lorakit.formats.peft import PREFIX as _PREFIX
+
 __all__ = ["LegacyNameWarning", "translate_config", "translate_keys"]
 
-_PREFIX = "base_model.model."
 _LITERAL = re.compile(r"^[A-Za-z0-9_]+(\\?\.[A-Za-z0-9_]+)*$")  # dotted names, dots maybe escaped
 
 

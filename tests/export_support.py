@@ -1,5 +1,6 @@
 """Shared set-up of the export tests: a tiny Llama with SmolLM2's vocabulary, adapters with
-non-zero B, and llama.cpp / lorakit logits over the same token ids."""
+non-zero B (``bench.adapters``, shared with bench/export.py), and llama.cpp / lorakit logits
+over the same token ids."""
 
 from __future__ import annotations
 
@@ -9,17 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import lorakit
+from bench.adapters import ADAPTER_KINDS, make_adapter  # noqa: F401 (the export tests' adapters)
 from lorakit.export import check
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-ADAPTER_KINDS = {
-    "plain": dict(r=8, lora_alpha=16),
-    "rslora": dict(r=8, lora_alpha=16, use_rslora=True),
-    "rank_pattern": dict(r=8, lora_alpha=16, rank_pattern={"q_proj": 4, "down_proj": 12},
-                         alpha_pattern={"v_proj": 40}),
-}
-
 
 def require_llama() -> None:
     missing = check.consumer_missing()
@@ -46,23 +38,6 @@ def tiny_llama_dir(path: Path) -> Path:
     model.save_pretrained(path)
     load_tokenizer().save_pretrained(path)
     return path
-
-
-def make_adapter(base: str, out: Path, kind: str = "plain", std: float = 0.05,
-                 targets: list[str] | None = None, **extra) -> Path:
-    """Save an adapter of ``kind`` on ``base`` whose B is random (so it changes the output)."""
-    from lorakit.models import load_model
-
-    torch.manual_seed(1)
-    model = load_model(base)
-    cfg = lorakit.LoraConfig(target_modules=targets or TARGETS, **{**ADAPTER_KINDS[kind], **extra})
-    lorakit.add_adapter(model, cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name or "lora_embedding_B" in name:
-                p.normal_(0, std)
-    lorakit.save_adapter(model, out)
-    return out
 
 
 def llama_logits(model_file: Path, prompts: list[list[int]], lora: Path | None = None) -> list[np.ndarray]:

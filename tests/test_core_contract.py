@@ -1,6 +1,7 @@
-"""Contract tests: a table of tiny models x adapter configs, each checked for the behaviour a
-user relies on (zero init is a no-op, merge == unmerged, idempotent merge, exact unmerge,
-disable, save/load round trip, what trains, mixed batches)."""
+"""Contract tests: the table of tiny models x adapter configs (tests/adapter_cases.py: LoRA
+layouts, DoRA, VeRA), each checked for the behaviour a user relies on (zero init is a no-op,
+merge == unmerged, idempotent merge, exact unmerge, disable, save/load round trip, what
+trains, mixed batches)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,18 @@ import torch
 import lorakit
 from lorakit.layers import LoraLayer
 from tests import tiny
-
-CASES = {
-    "llama-qv": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])),
-    "llama-all-linear-rslora": ("llama", dict(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=True)),
-    "llama-regex-patterns": ("llama", dict(r=4, target_modules=r".*layers\.1\.(mlp\.up_proj|self_attn\.k_proj)",
-                                           rank_pattern={"up_proj": 2}, alpha_pattern={"k_proj": 3})),
-    "llama-embedding-bias": ("llama", dict(r=4, target_modules=["embed_tokens", "o_proj"], lora_bias=True)),
-    "llama-layers": ("llama", dict(r=4, target_modules=["gate_proj"], layers_to_transform=[1])),
-    "gpt2-conv1d": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"])),
-    "bert-cls": ("bert", dict(r=4, target_modules=["query", "value"], modules_to_save=["classifier"], bias="lora_only")),
-    "bert-bias-all": ("bert", dict(r=4, target_modules=["dense"], bias="all")),
-    "convnet": ("convnet", dict(r=2, target_modules=["conv1", "conv2", "seq", "head"])),
-}
-
+from tests.adapter_cases import CASES, MIXED_BATCH_CASES
 
 def adapted(case: str, init=False, name="default"):
-    kind, kw = CASES[case]
-    model = tiny.make(kind)
+    c = CASES[case]
+    model = tiny.make(c.kind)
     base = copy.deepcopy(model)
-    lorakit.add_adapter(model, lorakit.LoraConfig(init_lora_weights=init, **kw), name=name)
-    if kw.get("modules_to_save") and not init:  # make the trained copy differ from the original
+    lorakit.add_adapter(model, c.ours(init), name=name)
+    if c.fields.get("modules_to_save") and not init:  # make the trained copy differ from the original
         with torch.no_grad():
             for p in model.get_submodule("classifier").modules_to_save[name].parameters():
                 p.add_(0.5)
-    return kind, model, base
+    return c.kind, model, base
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -99,11 +87,11 @@ def test_save_load_round_trip(case, tmp_path):
 @pytest.mark.parametrize("case", CASES)
 def test_only_adapter_params_train(case):
     kind, model, _ = adapted(case)
-    cfg = CASES[case][1]
+    cfg = CASES[case].fields
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, "nothing trains"
     for n in trainable:
-        ok = "lora_" in n or ".modules_to_save." in n
+        ok = "lora_" in n or ".modules_to_save." in n or ".vera_lambda_" in n
         if cfg.get("bias") == "all":
             ok = ok or n.endswith("bias")
         if cfg.get("bias") == "lora_only":
@@ -115,12 +103,11 @@ def test_only_adapter_params_train(case):
     assert t == sum(p.numel() for p in model.parameters() if p.requires_grad) and total > t
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", MIXED_BATCH_CASES)
 def test_mixed_batch_equals_each_row_alone(case):
     kind, model, base = adapted(case, name="a")
-    kw = dict(CASES[case][1], init_lora_weights=False)
     torch.manual_seed(5)
-    lorakit.add_adapter(model, lorakit.LoraConfig(**kw), name="b")
+    lorakit.add_adapter(model, CASES[case].ours(init=False), name="b")
     x = tiny.batch(kind, rows=4)
     names = ["a", "b", None, "a"]
     with lorakit.adapter_per_row(model, names):
@@ -153,10 +140,9 @@ def test_multiple_active_adapters_sum():
 
 def test_hotswap_smaller_rank_in_place(tmp_path):
     _, model, base = adapted("llama-all-linear-rslora")
-    kw = dict(CASES["llama-all-linear-rslora"][1], r=4, init_lora_weights=False)
     other = copy.deepcopy(base)
     torch.manual_seed(11)
-    lorakit.add_adapter(other, lorakit.LoraConfig(**kw))
+    lorakit.add_adapter(other, CASES["llama-all-linear-rslora"].ours(init=False, r=4))
     lorakit.save_adapter(other, tmp_path)
     x = tiny.batch("llama")
     layer_ids = {n: id(m) for n, m in model.named_modules()}

@@ -1,5 +1,6 @@
-"""Interop with PEFT both ways: our adapters load in PEFT with the same logits, and PEFT's
-adapters (rsLoRA, rank_pattern, modules_to_save, embeddings, bias) load in lorakit."""
+"""Interop with PEFT both ways, on the shared table (tests/adapter_cases.py): our adapters load
+in PEFT with the same logits, and PEFT's adapters (rsLoRA, rank_pattern, modules_to_save,
+embeddings, bias, DoRA, VeRA) load in lorakit."""
 
 from __future__ import annotations
 
@@ -8,21 +9,9 @@ import torch
 
 import lorakit
 from tests import tiny
+from tests.adapter_cases import CASES, PEFT_CASES
 
 peft = pytest.importorskip("peft")
-
-CASES = {
-    "llama-qv": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])),
-    "llama-all-linear-rslora-patterns": ("llama", dict(r=8, lora_alpha=16, target_modules="all-linear", use_rslora=True,
-                                                       rank_pattern={"up_proj": 2}, alpha_pattern={"k_proj": 5})),
-    "llama-embedding": ("llama", dict(r=4, target_modules=["embed_tokens", "o_proj"])),
-    "llama-regex": ("llama", dict(r=4, target_modules=r".*\.1\.mlp\.(gate|down)_proj")),
-    "gpt2-conv1d": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True)),
-    "bert-cls-modules-to-save": ("bert", dict(r=4, target_modules=["query", "value"], modules_to_save=["classifier"])),
-    "bert-bias-all": ("bert", dict(r=4, target_modules=["query", "value"], bias="all")),
-    "convnet": ("convnet", dict(r=2, target_modules=["conv1", "conv2", "seq", "head"])),
-}
-
 
 def _base(kind, tmp_path):
     """The same base weights, as a directory PEFT can name, and a fresh in-memory copy."""
@@ -45,11 +34,11 @@ def _perturb_trainables(model):
                 p.add_(torch.randn_like(p) * 0.1)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", PEFT_CASES)
 def test_lorakit_adapter_loads_in_peft(case, tmp_path):
-    kind, kw = CASES[case]
+    kind = CASES[case].kind
     model = _base(kind, tmp_path)
-    lorakit.add_adapter(model, lorakit.LoraConfig(init_lora_weights=False, **kw))
+    lorakit.add_adapter(model, CASES[case].ours(init=False))
     _perturb_trainables(model)
     x = tiny.batch(kind)
     ours = tiny.run(model, x)
@@ -58,13 +47,13 @@ def test_lorakit_adapter_loads_in_peft(case, tmp_path):
     torch.testing.assert_close(tiny.run(theirs, x), ours, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", PEFT_CASES)
 def test_peft_adapter_loads_in_lorakit(case, tmp_path):
-    kind, kw = CASES[case]
+    kind = CASES[case].kind
     task = {"llama": "CAUSAL_LM", "gpt2": "CAUSAL_LM", "bert": "SEQ_CLS"}.get(kind)
     model = _fresh(kind)
     torch.manual_seed(3)
-    cfg = peft.LoraConfig(init_lora_weights=False, task_type=task, **kw)
+    cfg = CASES[case].peft(init=False, task_type=task)
     pm = peft.get_peft_model(model, cfg).eval()
     _perturb_trainables(pm)
     x = tiny.batch(kind)

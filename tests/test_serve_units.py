@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import lorakit
-from lorakit.serve.cache import HostCache, read_adapter
+from lorakit.serve.cache import HostCache, load_host_adapter
 from lorakit.serve.engine import Delta, Done, Engine, Failed, Request, prefill_groups
 from lorakit.serve.metrics import ServerMetrics
 from lorakit.serve.registry import AdapterRegistry, RegistryError
@@ -162,13 +162,13 @@ def test_read_adapter_refuses_what_slots_cannot_hold(setup, tmp_path):
     for name, (changes, tensors, words) in cases.items():
         d = _adapter_dir(tmp_path, name, changes, tensors)
         with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-            read_adapter(d, shapes, torch.float32)
+            load_host_adapter(d, shapes, torch.float32)
     d = tmp_path / "corrupt"
     d.mkdir()
     (d / "adapter_config.json").write_text((root / "alpha" / "adapter_config.json").read_text())
     (d / "adapter_model.safetensors").write_bytes(b"garbage" * 20)
     with pytest.raises(ValueError, match="corrupt/adapter_model.safetensors: not a readable safetensors"):
-        read_adapter(d, shapes, torch.float32)
+        load_host_adapter(d, shapes, torch.float32)
 
 
 def _run_engine(base, root, tok, jobs, start_after_submit=True, **engine_kw):

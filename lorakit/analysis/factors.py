@@ -18,12 +18,7 @@ from pathlib import Path
 import torch
 
 from lorakit.config import LoraConfig
-from lorakit.io import PREFIX, WEIGHTS_NAME, read_tensors
-
-# stored suffix of (A, B) per layer kind
-_SUFFIXES = {"linear": (".lora_A.weight", ".lora_B.weight"),
-             "embedding": (".lora_embedding_A", ".lora_embedding_B")}
-_MAGNITUDE = ".lora_magnitude_vector"
+from lorakit.formats import peft
 
 
 @dataclass
@@ -46,39 +41,19 @@ class AdapterLayer:
         return self.lora_b.reshape(self.lora_b.shape[0], -1).double() * self.scaling, self.a_matrix().double()
 
 
-def _split(key: str) -> tuple[str, str] | None:
-    """``(module, kind)`` for a LoRA A/B key, else None."""
-    for kind, suffixes in _SUFFIXES.items():
-        for suffix in suffixes:
-            if key.endswith(suffix):
-                return key[len(PREFIX):-len(suffix)], kind
-    return None
-
-
 def read_adapter(directory: str | Path) -> tuple[LoraConfig, list[AdapterLayer]]:
-    """The config and every low-rank layer of the adapter in ``directory``, in file order."""
+    """The config and every low-rank layer of the adapter in ``directory`` (read by
+    ``formats.peft``), in file order."""
     directory = Path(directory)
     config = LoraConfig.load(directory)
-    tensors = read_tensors(directory / WEIGHTS_NAME)
-    modules: dict[str, str] = {}
-    for key in tensors:
-        found = _split(key)
-        if found:
-            modules.setdefault(*found)
+    tensors, source = peft.read_weights(directory)
     layers = []
-    for module, kind in modules.items():
-        a_suffix, b_suffix = _SUFFIXES[kind]
-        a_key, b_key = PREFIX + module + a_suffix, PREFIX + module + b_suffix
-        if a_key not in tensors or b_key not in tensors:
-            missing = a_key if a_key not in tensors else b_key
-            raise ValueError(f"{directory / WEIGHTS_NAME}: missing tensor {missing}")
-        a, b = tensors[a_key], tensors[b_key]
-        if kind == "linear" and a.dim() > 2:
-            kind = "conv"
+    for module, f in peft.group_factors(tensors, source).items():
+        kind = "embedding" if f.embedding else "conv" if f.a.dim() > 2 else "linear"
         layers.append(AdapterLayer(
-            module=module, kind=kind, lora_a=a, lora_b=b, r=a.shape[0],
+            module=module, kind=kind, lora_a=f.a, lora_b=f.b, r=f.a.shape[0],
             alpha=config.alpha_for(module), scaling=config.scaling_for(module),
-            dora=PREFIX + module + _MAGNITUDE in tensors))
+            dora=f.magnitude is not None))
     if not layers:
-        raise ValueError(f"{directory / WEIGHTS_NAME}: no LoRA A/B tensors found")
+        raise ValueError(f"{source}: no LoRA A/B tensors found")
     return config, layers

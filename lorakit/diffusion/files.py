@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from safetensors import safe_open
 from torch import nn
 
 from lorakit.diffusion.loraset import LoraSet, apply_lora_set, lora_set_from_models
 from lorakit.formats import diffusers as diffusers_format
 from lorakit.formats import kohya as kohya_format
+from lorakit.formats.files import read_header
 
 FORMATS = ("diffusers", "kohya")
 
@@ -28,11 +28,7 @@ def detect_format(path: str | Path) -> str:
     file = diffusers_format.weights_file(path) if Path(path).is_dir() else Path(path)
     if not file.exists():
         raise FileNotFoundError(f"LoRA file not found: {file}")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            keys = list(f.keys())
-    except Exception as err:
-        raise ValueError(f"{file}: not a readable safetensors file ({err})") from None
+    keys, _ = read_header(file)
     if kohya_format.is_kohya_keys(keys):
         return "kohya"
     if diffusers_format.is_diffusers_keys(keys):

@@ -24,7 +24,8 @@ from torch import nn
 
 from lorakit.config import LoraConfig
 from lorakit.inject import adapter_configs, adapted_modules, delete_adapter
-from lorakit.io import PREFIX, load_adapter_tensors
+from lorakit.formats import peft
+from lorakit.io import load_adapter_tensors
 from lorakit.layers import LoraConv, LoraLayer, LoraLinear
 from lorakit.targets import suggest
 
@@ -148,10 +149,7 @@ def apply_lora_set(components: dict[str, nn.Module], lora_set: LoraSet, name: st
             config.inference_mode = not is_trainable
             tensors = {}
             for module, f in modules.items():
-                tensors[f"{PREFIX}{module}.lora_A.weight"] = f.down
-                tensors[f"{PREFIX}{module}.lora_B.weight"] = f.up
-                if f.magnitude is not None:
-                    tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = f.magnitude
+                tensors.update(peft.pair_tensors(peft.tensor_key(module), f.down, f.up, f.magnitude))
             load_adapter_tensors(components[component], config, tensors, name, source)
             done.append(component)
     except Exception:

@@ -10,9 +10,7 @@ Hugging Face directory).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from lorakit.export import check as checks
 from lorakit.export.lora import lora_tensors
 from lorakit.export.merged import model_fields, model_tensors
 from lorakit.export.source import Source
+from lorakit.formats.files import atomic_dir
 from lorakit.formats.gguf import OUTTYPES, tokenizer_fields, write_gguf
 from lorakit.formats.modelfile import derive_chat_format, go_template, modelfile
 
@@ -150,28 +149,12 @@ def _stops(tok, fmt) -> list[str]:
     return stops
 
 
-@contextlib.contextmanager
-def _atomic_dir(out: Path):
-    """Yield a temporary sibling directory of ``out``; on success it replaces ``out``, on any
-    error it is removed, so no partial export is ever left behind."""
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.mkdir()
-    try:
-        yield tmp
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _ollama(src, out, opts) -> dict:
     tok = _tokenizer(src)
     render = lambda messages, gen: tok.apply_chat_template(messages, tokenize=False,
                                                            add_generation_prompt=gen)
     fmt = derive_chat_format(render)   # refuses before anything is written
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         if opts.get("unmerged"):
             if src.base_gguf is None:
                 raise ValueError("--unmerged needs the base as GGUF: pass --base-gguf FILE")
@@ -208,7 +191,7 @@ def _hf(src, out, opts) -> dict:
         raise ValueError(f"unknown --dtype {dtype!r} for hf; known: {list(HF_DTYPES)}")
     tok = _tokenizer(src)
     _merge(src)
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         merged = src.model   # stays fp32: the agreement check measures the dtype's rounding
         merged.generation_config.eos_token_id = sorted(_eos_ids(tok, merged))
         state = {k: v.to(getattr(torch, dtype)) for k, v in merged.state_dict().items()}

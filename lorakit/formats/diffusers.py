@@ -18,20 +18,18 @@ and in the file's metadata ``lora_adapter_metadata``: JSON of each component's P
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from lorakit.config import LoraConfig
 from lorakit.diffusion.loraset import LoraSet, ModuleLora, config_for, split_key
-from lorakit.io import read_tensors
+from lorakit.formats import peft
+from lorakit.formats.files import read_header, read_tensors, write_tensors
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"
-_SUFFIXES = {".lora_A.weight": "down", ".lora_B.weight": "up", ".lora_magnitude_vector": "magnitude"}
+_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_magnitude_vector")  # PEFT's, under <component>.
 
 
 def weights_file(path: str | Path) -> Path:
@@ -45,8 +43,7 @@ def is_diffusers_keys(keys) -> bool:
 
 
 def _metadata(path: Path) -> dict:
-    with safe_open(str(path), framework="pt") as f:
-        raw = (f.metadata() or {}).get(METADATA_KEY)
+    raw = read_header(path)[1].get(METADATA_KEY)
     try:
         return json.loads(raw) if raw else {}
     except json.JSONDecodeError as err:
@@ -58,28 +55,23 @@ def read_diffusers(path: str | Path) -> LoraSet:
     path = weights_file(path)
     tensors = read_tensors(path)
     meta = _metadata(path)
-    parts: dict[str, dict] = {}
-    for key, t in tensors.items():
-        suffix = next((s for s in _SUFFIXES if key.endswith(s)), None)
-        if suffix is None or "." not in key[: -len(suffix)]:
+    for key in tensors:
+        parsed = peft.parse_key(key, prefix="")
+        if parsed.suffix not in _SUFFIXES or "." not in parsed.module:
             raise ValueError(f"{path}: tensor {key} is not a diffusers LoRA key "
                              "(<component>.<module>.lora_A.weight / lora_B.weight / lora_magnitude_vector)")
-        parts.setdefault(key[: -len(suffix)], {})[_SUFFIXES[suffix]] = t
     configs: dict[str, LoraConfig | None] = {}
     out: LoraSet = {}
-    for key, p in parts.items():
-        if "down" not in p or "up" not in p:
-            raise ValueError(f"{path}: {key} has lora_{'B' if 'down' in p else 'A'}.weight "
-                             f"but no lora_{'A' if 'down' in p else 'B'}.weight")
+    for key, f in peft.group_factors(tensors, path, prefix="").items():
         component, module = split_key(key)
         if component not in configs:
             configs[component] = _component_config(meta, component, path)
         cfg = configs[component]
-        r = int(p["down"].shape[0])
+        r = int(f.a.shape[0])
         alpha = cfg.alpha_for(module) if cfg is not None else float(r)
         if cfg is not None and cfg.use_rslora:  # files hold alpha/r scaling; keep the same dW
             alpha = cfg.scaling_for(module) * r
-        out[key] = ModuleLora(down=p["down"], up=p["up"], alpha=alpha, magnitude=p.get("magnitude"))
+        out[key] = ModuleLora(down=f.a, up=f.b, alpha=alpha, magnitude=f.magnitude)
     return out
 
 
@@ -103,10 +95,7 @@ def write_diffusers(path: str | Path, lora_set: LoraSet) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     by_component: dict[str, dict[str, ModuleLora]] = {}
     for key, f in lora_set.items():
-        tensors[f"{key}.lora_A.weight"] = f.down.contiguous()
-        tensors[f"{key}.lora_B.weight"] = f.up.contiguous()
-        if f.magnitude is not None:
-            tensors[f"{key}.lora_magnitude_vector"] = f.magnitude.contiguous()
+        tensors.update(peft.pair_tensors(key, f.down, f.up, f.magnitude))
         component, module = split_key(key)
         by_component.setdefault(component, {})[module] = f
     meta = {}
@@ -119,10 +108,7 @@ def write_diffusers(path: str | Path, lora_set: LoraSet) -> Path:
                   "rank_pattern": cfg.rank_pattern, "alpha_pattern": cfg.alpha_pattern,
                   "use_dora": cfg.use_dora, "init_lora_weights": True}
         meta.update({f"{component}.{k}": v for k, v in fields.items()})
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)})
-    tmp.replace(path)
-    return path
+    return write_tensors(path, tensors, {"format": "pt", METADATA_KEY: json.dumps(meta, sort_keys=True)})
 
 
 __all__ = ["METADATA_KEY", "WEIGHT_NAME", "is_diffusers_keys", "read_diffusers", "weights_file",

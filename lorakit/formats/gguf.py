@@ -21,12 +21,13 @@ write leaves nothing behind.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from lorakit.formats.files import atomic_file
 
 __all__ = [
     "ARCHITECTURES", "OUTTYPES", "GGUFTensor", "gguf_name", "permute_qk", "encode",
@@ -193,10 +194,9 @@ def write_gguf(path: str | Path, arch: str, fields: dict, tensors: list[GGUFTens
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output file exists: {path} (pass --overwrite to replace it)")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     counts: dict[str, int] = {}
     fallbacks: dict[str, str] = {}
-    try:
+    with atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(str(tmp), arch)
         for key, spec in fields.items():
             _add_field(writer, key, *spec)
@@ -211,10 +211,6 @@ def write_gguf(path: str | Path, arch: str, fields: dict, tensors: list[GGUFTens
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return counts, fallbacks
 
 

@@ -21,15 +21,13 @@ from kohya use the original SGM U-Net's names (``input_blocks_4_1_...``), which 
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from lorakit.diffusion.loraset import LoraSet, ModuleLora, file_path, split_key
-from lorakit.io import read_tensors
+from lorakit.formats.files import read_tensors, write_tensors
 
 # component -> kohya prefix (written); reading also accepts lora_te1 for the first encoder.
 PREFIXES = {"unet": "lora_unet", "text_encoder": "lora_te", "text_encoder_2": "lora_te2"}
@@ -68,10 +66,7 @@ def write_kohya(path: str | Path, lora_set: LoraSet) -> Path:
     meta = {"format": "pt", "ss_network_module": "networks.lora",
             "ss_network_dim": str(ranks[0]) if len(ranks) == 1 else "dynamic",
             "ss_network_alpha": str(alphas[0]) if len(alphas) == 1 else "dynamic"}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return write_tensors(path, tensors, meta)
 
 
 def _name_table(component: str, model: nn.Module) -> dict[str, str]:

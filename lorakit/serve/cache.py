@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from lorakit.config import CONFIG_NAME, LoraConfig
-from lorakit.io import PREFIX, WEIGHTS_NAME, read_tensors
+from lorakit.config import LoraConfig
+from lorakit.formats import peft
 
 _KEYS = itertools.count()
 
@@ -64,17 +64,20 @@ def _refuse_unservable(config: LoraConfig, source: Path) -> None:
                          + ". Merge it into a base model (lorakit merge) and serve that instead.")
 
 
-def _split_key(key: str, source: Path) -> tuple[str, str]:
-    for suffix in (".lora_A.weight", ".lora_B.weight"):
-        if key.startswith(PREFIX) and key.endswith(suffix):
-            return key[len(PREFIX): -len(suffix)], suffix[1:7]
-    raise ValueError(f"{source}: tensor {key} is not a LoRA factor of a linear layer; only "
-                     "lora_A.weight / lora_B.weight are served")
+def _check_key(key: str, layer_shapes: dict, source: Path) -> None:
+    parsed = peft.parse_key(key)
+    if parsed is None or parsed.kind not in ("lora_A", "lora_B") or parsed.param != "weight":
+        raise ValueError(f"{source}: tensor {key} is not a LoRA factor of a linear layer; only "
+                         "lora_A.weight / lora_B.weight are served")
+    if parsed.module not in layer_shapes:
+        raise ValueError(f"{source}: tensor {key} targets {parsed.module!r}, which is not a linear "
+                         "layer of the served base model (wrong base model?)")
 
 
-def read_adapter(directory: str | Path, layer_shapes: dict[str, tuple[int, int]],
-                 dtype: torch.dtype, name: str = "") -> HostAdapter:
-    """Read the PEFT adapter in ``directory`` and check it against the served model.
+def load_host_adapter(directory: str | Path, layer_shapes: dict[str, tuple[int, int]],
+                      dtype: torch.dtype, name: str = "") -> HostAdapter:
+    """Read the PEFT adapter in ``directory`` (``formats.peft``) and check it against the
+    served model.
 
     ``layer_shapes``: module name -> (in, out) of each linear layer the slots cover. Every error
     names the file and the tensor (missing, mis-shaped, non-finite, or a module the base does
@@ -82,38 +85,25 @@ def read_adapter(directory: str | Path, layer_shapes: dict[str, tuple[int, int]]
     """
     directory = Path(directory)
     config = LoraConfig.load(directory)
-    source = directory / WEIGHTS_NAME
-    _refuse_unservable(config, directory / CONFIG_NAME)
-    if not source.exists():
-        raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} (lorakit serves safetensors only)")
-    tensors = read_tensors(source)
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
-        module, which = _split_key(key, source)
-        if module not in layer_shapes:
-            raise ValueError(f"{source}: tensor {key} targets {module!r}, which is not a linear "
-                             "layer of the served base model (wrong base model?)")
-        pairs.setdefault(module, {})[which] = tensor
-    if not pairs:
+    _refuse_unservable(config, directory / peft.CONFIG_NAME)
+    tensors, source = peft.read_weights(directory)
+    for key in tensors:
+        _check_key(key, layer_shapes, source)
+    factors = peft.group_factors(tensors, source)
+    if not factors:
         raise ValueError(f"{source}: holds no LoRA tensors")
-    modules = {}
-    for module, pair in pairs.items():
-        modules[module] = _check_pair(module, pair, layer_shapes[module], config, source, dtype)
+    modules = {module: _check_pair(f, layer_shapes[module], config, source, dtype)
+               for module, f in factors.items()}
     return HostAdapter(name=name or directory.name, path=directory, modules=modules)
 
 
-def _check_pair(module, pair, shape, config: LoraConfig, source: Path, dtype):
+def _check_pair(f: peft.Factors, shape, config: LoraConfig, source: Path, dtype):
     in_f, out_f = shape
-    for which in ("lora_A", "lora_B"):
-        if which not in pair:
-            raise ValueError(f"{source}: missing tensor {PREFIX}{module}.{which}.weight")
-    a, b = pair["lora_A"], pair["lora_B"]
+    a, b, module = f.a, f.b, f.module
     r = a.shape[0]
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != in_f or b.shape != (out_f, r):
         raise ValueError(f"{source}: {module} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; "
                          f"the base layer needs A (r, {in_f}) and B ({out_f}, r)")
-    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise ValueError(f"{source}: {module} holds NaN or inf values")
     scaling = config.scaling_for(module)
     # The slots hold A, B and (in layer groups) B * scaling in ``dtype``: an inf there would
     # reach other requests' rows as inf * 0 = NaN, so what does not fit is refused here.
@@ -149,7 +139,7 @@ class HostCache:
                 self.hits += 1
                 return self._items[key]
             self.misses += 1
-        adapter = read_adapter(path, self.layer_shapes, self.dtype, name)
+        adapter = load_host_adapter(path, self.layer_shapes, self.dtype, name)
         with self._lock:
             if key in self._items:  # another thread loaded it meanwhile: keep one copy
                 return self._items[key]

@@ -13,7 +13,7 @@ import re
 import threading
 from pathlib import Path
 
-from lorakit.config import CONFIG_NAME
+from lorakit.formats.peft import CONFIG_NAME
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from lorakit.paths import check_output_dir
@@ -189,15 +188,15 @@ def autocast_enabled(cfg: TrainConfig) -> bool:
 
 def write_adapter(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write the adapter as a PEFT directory from ``tensors`` (parameter name -> full tensor,
-    gathered from every process), using the core's PEFT key names."""
+    gathered from every process), under the keys ``adapter_state_dict`` names them by, through
+    ``formats.peft.write_adapter`` (atomic; dtypes and ranks checked as ``save_adapter`` does)."""
     from lorakit import adapter_configs, adapter_state_dict
-    from lorakit.io import WEIGHTS_NAME
+    from lorakit.formats import peft
 
     names = {id(p): n for n, p in model.named_parameters()}
-    peft = {key: tensors[names[id(p)]] for key, p in adapter_state_dict(model).items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(peft, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    adapter_configs(model)["default"].save(directory)
+    peft_tensors = {key: tensors[names[id(p)]] for key, p in adapter_state_dict(model).items()}
+    config = adapter_configs(model)["default"]  # a LoraConfig: training adds plain LoRA adapters
+    peft.write_adapter(directory, peft_tensors, config.to_peft_dict(), config.rank_for)
 
 
 def write_full_model(model: nn.Module, directory: Path, tensors: dict[str, torch.Tensor],

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lorakit.config import check_field_types, register_adapter_type
-from lorakit.io import PREFIX
+from lorakit.formats import peft
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.linear import linear_shape
 from lorakit.targets import is_linear_like
@@ -101,8 +101,8 @@ class AdaLoraConfig:
         for key, mask in (self.rank_pattern or {}).items():
             module = key.removesuffix(".lora_E")
             keep = torch.tensor(mask, dtype=torch.bool)
-            for suffix, dim in (("lora_A", 0), ("lora_E", 0), ("lora_B", 1)):
-                full = f"{PREFIX}{module}.{suffix}"
+            for suffix in ("lora_A", "lora_E", "lora_B"):
+                full, dim = peft.tensor_key(module, suffix), peft.KINDS[suffix]
                 if full in tensors and tensors[full].shape[dim] == keep.numel():
                     tensors[full] = tensors[full].index_select(dim, keep.nonzero().view(-1)).contiguous()
         return tensors

@@ -11,6 +11,7 @@ from lorakit.adapters import (
     adapter_per_row,
     disabled,
     merge,
+    merge_and_unload,
     print_trainable_parameters,
     set_adapter,
     trainable_parameters,
@@ -24,7 +25,6 @@ from lorakit.inject import (
     adapter_configs,
     add_adapter,
     delete_adapter,
-    merge_and_unload,
     unload,
 )
 from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter

@@ -41,9 +41,11 @@ def adapted_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoraLayer, ModulesToSave))]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where ``model``'s submodule ``name`` (a dotted path) is, and return the old
+    one. The one module replacement of the tree (injection, unloading, quantization, serving)."""
     parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent = model.get_submodule(parent_name)
     old = getattr(parent, child)
     setattr(parent, child, new)
     return old
@@ -105,14 +107,14 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
             training = module.training
             if not isinstance(module, LoraLayer):
                 module = new_layer(module, module_name)
-                _replace(model, module_name, module)
+                replace_module(model, module_name, module)
             module.add(name, config, adapter_dtype, init)
             module.train(training)  # new layers and dropouts follow the model's train/eval mode
         for module_name in saved:
             module = model.get_submodule(module_name)
             if not isinstance(module, ModulesToSave):
                 module = ModulesToSave(module, module_name)
-                _replace(model, module_name, module)
+                replace_module(model, module_name, module)
             module.add(name)
     except Exception:
         _remove_everywhere(model, name)
@@ -129,7 +131,7 @@ def _remove_everywhere(model: nn.Module, name: str) -> None:
     for module_name, module in adapted_modules(model):
         module.delete(name)
         if not module.adapter_names:
-            _replace(model, module_name, _unwrapped(module, merge=False))
+            replace_module(model, module_name, _unwrapped(module, merge=False))
 
 
 def _unwrapped(module: nn.Module, merge: bool) -> nn.Module:
@@ -186,21 +188,16 @@ def update_trainable(model: nn.Module) -> None:
 
 def unload(model: nn.Module) -> nn.Module:
     """Remove every adapter without merging: the model computes as the base again."""
-    return _unwrap_all(model, merge=False)
+    return unwrap_all(model, merge=False)
 
 
-def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
-    """Merge the active adapters into the base weights and remove all LoRA layers."""
-    from lorakit.adapters import merge
-
-    merge(model, safe=safe)
-    return _unwrap_all(model, merge=True)
-
-
-def _unwrap_all(model: nn.Module, merge: bool) -> nn.Module:
+def unwrap_all(model: nn.Module, merge: bool) -> nn.Module:
+    """Put every adapted module's original back (with ``merge``: a LoRA layer's base as it is
+    now, merged adapters included, and a ``modules_to_save`` wrapper's active copy) and forget
+    the adapters' configs."""
     for module_name, module in adapted_modules(model):
         if not merge and isinstance(module, LoraLayer):
             module.unmerge()
-        _replace(model, module_name, _unwrapped(module, merge))
+        replace_module(model, module_name, _unwrapped(module, merge))
     adapter_configs(model).clear()
     return model

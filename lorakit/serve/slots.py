@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.config import LoraConfig
+from lorakit.inject import replace_module
 from lorakit.layers import LoraLayer, make_layer
 from lorakit.serve import kernels
 from lorakit.serve.cache import HostAdapter
@@ -56,8 +57,7 @@ def wrap_linear_layers(model: nn.Module) -> dict[str, LoraLayer]:
     for name in find_targets(model, LoraConfig(target_modules="all-linear")):
         base = model.get_submodule(name)
         layer = make_layer(base, name, LoraConfig())
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        replace_module(model, name, layer)
         layers[name] = layer
     return layers
 

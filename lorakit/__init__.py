@@ -28,8 +28,6 @@ from lorakit.inject import (
     unload,
 )
 from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
-# Registered variants and inits: importing them adds their entries to the tables.
-from lorakit.variants import dora as _dora  # noqa: F401
 from lorakit.variants.adalora import AdaLoraConfig
 from lorakit.variants.adalora_alloc import AdaLoraController
 from lorakit.variants.vera import VeraConfig

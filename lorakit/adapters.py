@@ -12,7 +12,7 @@ from torch import nn
 
 from lorakit.errors import NotFoundError
 from lorakit.inject import adapted_modules, adapter_configs, unwrap_all, update_trainable
-from lorakit.layers import LoraLayer, RowAdapters
+from lorakit.layers import LoraLayer, StackedRowAdapters
 
 
 def _check_names(model: nn.Module, names: list[str]) -> None:
@@ -104,19 +104,19 @@ def adapter_per_row(model: nn.Module, names: list[str | None]):
     slots = list(dict.fromkeys(n for n in names if n is not None))
     for layer in layers:
         for name in slots:
-            if name in layer.variants and not layer.variants[name].supports_rows:
+            if name in layer.variants and not layer.variants[name].plain_lora:
                 raise ValueError(f"adapter {name!r} ({layer.variants[name].name}) cannot run in a mixed batch")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     slot = torch.tensor([slots.index(n) if n is not None else -1 for n in names], device=device)
-    plan = RowAdapters(slot=slot, names=slots)
+    plan = StackedRowAdapters(slot=slot, names=slots)
     modules = [m for _, m in adapted_modules(model)]
     for m in modules:
-        m.rows = plan
+        m.per_row_adapters = plan
     try:
         yield model
     finally:
         for m in modules:
-            m.rows = None
+            m.per_row_adapters = None
 
 
 def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool = False,

@@ -13,9 +13,10 @@ import re
 import torch
 from torch import nn
 
+from lorakit.adapter_types import adapter_type_for
 from lorakit.config import LoraConfig
 from lorakit.errors import NotFoundError
-from lorakit.layers import LoraLayer, ModulesToSave, make_layer
+from lorakit.layers import LoraLayer, ModulesToSave
 from lorakit.legacy_names import translate_config
 from lorakit.targets import find_targets
 
@@ -78,12 +79,8 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
     On any error the model is left as it was. ``strict=False`` (used when loading a saved
     adapter) only requires that something matched; ``init=False`` skips weight init.
     """
-    from lorakit.config import ADAPTER_TYPES
-
     configs = adapter_configs(model)
-    if type(config) not in ADAPTER_TYPES.values():
-        raise TypeError(f"config must be a LoraConfig (or another registered adapter config: "
-                        f"{sorted(c.__name__ for c in ADAPTER_TYPES.values())}), got {type(config).__name__}")
+    kind = adapter_type_for(config)
     check_name(name)
     config.__post_init__()  # validated again: a config may have been changed since construction
     if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype)
@@ -97,18 +94,16 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
                          "cannot be added beside them (one adapter type per model, as in PEFT)")
     config = translate_config(model, config)  # transformers 4 names, with a notice
     targets = find_targets(model, config, strict=strict)
-    if hasattr(config, "prepare"):  # e.g. VeRA's projections shared by all target layers
-        config.prepare(model, targets)
-    new_layer = getattr(config, "make_layer", None) or (lambda m, n: make_layer(m, n, config))
+    kind.prepare(model, targets, config)  # e.g. VeRA's projections shared by all target layers
     saved = _modules_to_save_names(model, config.modules_to_save or [], strict)
     try:
         for module_name in targets:
             module = model.get_submodule(module_name)
             training = module.training
             if not isinstance(module, LoraLayer):
-                module = new_layer(module, module_name)
+                module = kind.make_layer(module, module_name, config)
                 replace_module(model, module_name, module)
-            module.add(name, config, adapter_dtype, init)
+            module.add(name, config, kind, adapter_dtype, init)
             module.train(training)  # new layers and dropouts follow the model's train/eval mode
         for module_name in saved:
             module = model.get_submodule(module_name)

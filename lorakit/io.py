@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from lorakit.adapter_types import adapter_type_for
 from lorakit.config import CONFIG_NAME, LoraConfig, load_config
 from lorakit.errors import NotFoundError
 from lorakit.inject import add_adapter, adapted_modules, adapter_configs, delete_adapter
@@ -112,8 +113,7 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
             raise ValueError(f"{directory / file_name} is a directory; cannot write the adapter there")
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: p.detach().cpu().contiguous().clone() for k, p in adapter_state_dict(model, name).items()}
-    if hasattr(config, "export_tensors"):  # other adapter types: shared or pruned tensors
-        tensors = config.export_tensors(model, name, tensors)
+    tensors = adapter_type_for(config).export_tensors(model, name, config, tensors)  # shared or pruned
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
     tmp = directory / f".{WEIGHTS_NAME}.tmp{os.getpid()}"
@@ -159,8 +159,7 @@ def load_adapter_tensors(model: nn.Module, config, tensors: dict[str, torch.Tens
         raise ValueError(f"{config_source or source}: {err}") from None
     try:
         tensors = translate_keys(model, tensors, str(source))
-        if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
-            tensors = config.import_tensors(model, name, tensors)
+        tensors = adapter_type_for(config).import_tensors(model, name, config, tensors)  # model-level keys
         _assign(model, name, tensors, source)
     except Exception:
         delete_adapter(model, name)

@@ -97,7 +97,8 @@ def missing_reason(row: Row) -> str | None:
     """Why this build of lorakit cannot run ``row`` (a feature not in the tree), else None."""
     from lorakit.inits import is_known_init
     from lorakit.train.config import TrainConfig
-    from lorakit.variants import resolve_variant
+    from lorakit.adapter_types import adapter_type_for
+    from lorakit.config import LoraConfig
 
     fields = TrainConfig.__dataclass_fields__
     if row.full and "full" not in fields:
@@ -110,7 +111,7 @@ def missing_reason(row: Row) -> str | None:
         return "no PiSSA init registered"
     if "--use-dora" in row.flags:
         try:
-            resolve_variant(type("C", (), {"use_dora": True})())
+            adapter_type_for(LoraConfig(use_dora=True))
         except ValueError:
             return "no DoRA variant registered"
     return None

@@ -11,6 +11,7 @@ from lorakit.adapters import (
     adapter_per_row,
     disabled,
     merge,
+    merge_and_unload,
     print_trainable_parameters,
     set_adapter,
     trainable_parameters,
@@ -24,12 +25,9 @@ from lorakit.inject import (
     adapter_configs,
     add_adapter,
     delete_adapter,
-    merge_and_unload,
     unload,
 )
 from lorakit.io import adapter_state_dict, hotswap, load_adapter, save_adapter
-# Registered variants and inits: importing them adds their entries to the tables.
-from lorakit.variants import dora as _dora  # noqa: F401
 from lorakit.variants.adalora import AdaLoraConfig
 from lorakit.variants.adalora_alloc import AdaLoraController
 from lorakit.variants.vera import VeraConfig

@@ -1,4 +1,6 @@
-"""Which adapters run: activate, disable, mix per row, merge and unmerge (all explicit calls)."""
+"""Which adapters run: activate, disable, mix per row, merge and unmerge (all explicit calls).
+
+This module sits above ``lorakit.inject`` (module surgery), which never imports it."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import torch
 from torch import nn
 
 from lorakit.errors import NotFoundError
-from lorakit.inject import adapted_modules, adapter_configs, update_trainable
-from lorakit.layers import LoraLayer, RowAdapters
+from lorakit.inject import adapted_modules, adapter_configs, unwrap_all, update_trainable
+from lorakit.layers import LoraLayer, StackedRowAdapters
 
 
 def _check_names(model: nn.Module, names: list[str]) -> None:
@@ -102,19 +104,19 @@ def adapter_per_row(model: nn.Module, names: list[str | None]):
     slots = list(dict.fromkeys(n for n in names if n is not None))
     for layer in layers:
         for name in slots:
-            if name in layer.variants and not layer.variants[name].supports_rows:
+            if name in layer.variants and not layer.variants[name].plain_lora:
                 raise ValueError(f"adapter {name!r} ({layer.variants[name].name}) cannot run in a mixed batch")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     slot = torch.tensor([slots.index(n) if n is not None else -1 for n in names], device=device)
-    plan = RowAdapters(slot=slot, names=slots)
+    plan = StackedRowAdapters(slot=slot, names=slots)
     modules = [m for _, m in adapted_modules(model)]
     for m in modules:
-        m.rows = plan
+        m.per_row_adapters = plan
     try:
         yield model
     finally:
         for m in modules:
-            m.rows = None
+            m.per_row_adapters = None
 
 
 def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool = False,
@@ -137,19 +139,30 @@ def merge(model: nn.Module, adapter_names: list[str] | None = None, safe: bool =
     if not isinstance(adapter_names, (list, tuple)):
         raise TypeError(f"adapter_names must be a list of adapter names, got {adapter_names!r}")
     _check_names(model, adapter_names)
+    old_weights = [(m, dict(m.adapter_weights)) for m in layers]
     if weights is not None:
         _set_weights(model, list(adapter_names), weights)
-    if safe:
-        for m in layers:
-            m.check_merge(adapter_names)
     before = [len(m.merged_adapters) for m in layers]
     try:
+        if safe:
+            for m in layers:
+                m.check_merge(adapter_names)
         for m in layers:
             m.merge(adapter_names, safe=safe)
     except Exception:
         for m, keep in zip(layers, before):
             m.unmerge(keep)
+        for m, old in old_weights:  # a refused merge leaves the run-time weights as they were
+            for name in adapter_names:
+                if name in m.r:
+                    m.set_weight(name, old.get(name, 1.0))
         raise
+
+
+def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
+    """Merge the active adapters into the base weights and remove all LoRA layers."""
+    merge(model, safe=safe)
+    return unwrap_all(model, merge=True)
 
 
 def unmerge(model: nn.Module) -> None:

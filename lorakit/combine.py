@@ -8,7 +8,7 @@ adapted weight minus the base weight) and factors the result back by SVD:
     linear            sum_i w_i dW_i                      sum of the ranks: exact for LoRA inputs
     svd               sum_i w_i dW_i                      max of the ranks: truncated
     ties, dare_linear, dare_ties, magnitude_prune
-                      lorakit.arithmetic.RULES[method]         max of the ranks: truncated
+                      lorakit.combine_math.RULES[method]         max of the ranks: truncated
 
 ``rank=`` overrides the default. The new adapter has ``lora_alpha = r`` (scaling 1) and targets
 exactly the modules any input adapter targets. The relative Frobenius error of the truncation is
@@ -30,8 +30,7 @@ from lorakit.config import LoraConfig
 from lorakit.errors import NotFoundError
 from lorakit.inject import adapted_modules, adapter_configs, add_adapter
 from lorakit.layers import LoraEmbedding, LoraLayer
-from lorakit.arithmetic import RULES, factored_svd, svd_factor
-from lorakit.variants import PLAIN
+from lorakit.combine_math import RULES, factored_svd, svd_factor
 
 METHODS = ("cat", "linear", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -143,7 +142,7 @@ def _dense(layer: LoraLayer, adapter: str) -> torch.Tensor:
 @torch.no_grad()
 def _combine_layer(layer, present, method, rank, density, sign_method, generator):
     """``(B, A, relative error)`` of one layer's combined update."""
-    plain = all(layer.variants[a] is PLAIN for a, _ in present)
+    plain = all(layer.variants[a].plain_lora for a, _ in present)
     if method == "cat":
         if not plain:
             raise ValueError(f"{layer.module_name}: cat stacks LoRA factors; DoRA adapters have "

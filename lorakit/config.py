@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from lorakit.adapter_types import config_class_for
 from lorakit.formats.peft import config_fields, read_config_json, write_config
 
 BIAS_MODES = ("none", "all", "lora_only")
@@ -43,15 +44,9 @@ StrList = Union[list[str], str, None]
 
 
 @dataclass
-class LoraConfig:
-    """Configuration of one LoRA adapter (PEFT ``LoraConfig`` semantics).
-
-    ``target_modules``: a list matches a module whose full name equals an entry or ends with
-    ``"." + entry``; a string is a regex that must ``re.fullmatch`` the full module name;
-    ``"all-linear"`` takes every linear layer except the output head; ``None`` uses the
-    per-architecture default (q/v projections for Llama-style models).
-    Scaling is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``).
-    ``lora_fa`` (LoRA-FA, not a PEFT key) keeps A frozen (B for embeddings) while training.
+class LoraFields:
+    """The fields plain LoRA and AdaLoRA share, with PEFT ``LoraConfig`` semantics (PEFT's
+    ``AdaLoraConfig`` is a ``LoraConfig``): declared once here, validated by each config class.
     """
 
     r: int = 8
@@ -62,6 +57,20 @@ class LoraConfig:
     layers_to_transform: Union[list[int], int, None] = None
     layers_pattern: StrList = None
     bias: str = "none"
+
+
+@dataclass
+class LoraConfig(LoraFields):
+    """Configuration of one LoRA adapter (PEFT ``LoraConfig`` semantics).
+
+    ``target_modules``: a list matches a module whose full name equals an entry or ends with
+    ``"." + entry``; a string is a regex that must ``re.fullmatch`` the full module name;
+    ``"all-linear"`` takes every linear layer except the output head; ``None`` uses the
+    per-architecture default (q/v projections for Llama-style models).
+    Scaling is ``lora_alpha / r`` (``lora_alpha / sqrt(r)`` with ``use_rslora``).
+    ``lora_fa`` (LoRA-FA, not a PEFT key) keeps A frozen (B for embeddings) while training.
+    """
+
     lora_bias: bool = False
     modules_to_save: Union[list[str], None] = None
     fan_in_fan_out: bool = False
@@ -125,23 +134,11 @@ class LoraConfig:
         return cls.from_peft_dict(data, source=str(path))
 
 
-# Other adapter types (VeRA, AdaLoRA, ...) register their config class by PEFT's peft_type; the
-# class provides from_peft_dict(d, source) and save(directory), and may provide make_layer /
-# prepare / export_tensors / import_tensors hooks (see lorakit.inject and lorakit.io).
-ADAPTER_TYPES: dict[str, type] = {"LORA": LoraConfig}
-
-
-def register_adapter_type(peft_type: str, config_cls: type) -> None:
-    ADAPTER_TYPES[peft_type] = config_cls
-
-
 def load_config(directory: str | Path):
     """The config in ``directory/adapter_config.json``, as the class its ``peft_type`` names."""
     data, path = read_config_json(directory)
-    peft_type = data.get("peft_type", "LORA")
-    if peft_type not in ADAPTER_TYPES:
-        raise ValueError(f"{path}: peft_type {peft_type!r} is not supported; known: {sorted(ADAPTER_TYPES)}")
-    return ADAPTER_TYPES[peft_type].from_peft_dict(data, source=str(path))
+    config_class = config_class_for(data.get("peft_type", "LORA"), source=str(path))
+    return config_class.from_peft_dict(data, source=str(path))
 
 
 def _is_int(v) -> bool:

@@ -13,9 +13,10 @@ import re
 import torch
 from torch import nn
 
+from lorakit.adapter_types import adapter_type_for
 from lorakit.config import LoraConfig
 from lorakit.errors import NotFoundError
-from lorakit.layers import LoraLayer, ModulesToSave, make_layer
+from lorakit.layers import LoraLayer, ModulesToSave
 from lorakit.legacy_names import translate_config
 from lorakit.targets import find_targets
 
@@ -41,9 +42,11 @@ def adapted_modules(model: nn.Module):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoraLayer, ModulesToSave))]
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` where ``model``'s submodule ``name`` (a dotted path) is, and return the old
+    one. The one module replacement of the tree (injection, unloading, quantization, serving)."""
     parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
+    parent = model.get_submodule(parent_name)
     old = getattr(parent, child)
     setattr(parent, child, new)
     return old
@@ -76,12 +79,8 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
     On any error the model is left as it was. ``strict=False`` (used when loading a saved
     adapter) only requires that something matched; ``init=False`` skips weight init.
     """
-    from lorakit.config import ADAPTER_TYPES
-
     configs = adapter_configs(model)
-    if type(config) not in ADAPTER_TYPES.values():
-        raise TypeError(f"config must be a LoraConfig (or another registered adapter config: "
-                        f"{sorted(c.__name__ for c in ADAPTER_TYPES.values())}), got {type(config).__name__}")
+    kind = adapter_type_for(config)
     check_name(name)
     config.__post_init__()  # validated again: a config may have been changed since construction
     if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype)
@@ -95,24 +94,22 @@ def add_adapter(model: nn.Module, config: LoraConfig, name: str = "default",
                          "cannot be added beside them (one adapter type per model, as in PEFT)")
     config = translate_config(model, config)  # transformers 4 names, with a notice
     targets = find_targets(model, config, strict=strict)
-    if hasattr(config, "prepare"):  # e.g. VeRA's projections shared by all target layers
-        config.prepare(model, targets)
-    new_layer = getattr(config, "make_layer", None) or (lambda m, n: make_layer(m, n, config))
+    kind.prepare(model, targets, config)  # e.g. VeRA's projections shared by all target layers
     saved = _modules_to_save_names(model, config.modules_to_save or [], strict)
     try:
         for module_name in targets:
             module = model.get_submodule(module_name)
             training = module.training
             if not isinstance(module, LoraLayer):
-                module = new_layer(module, module_name)
-                _replace(model, module_name, module)
-            module.add(name, config, adapter_dtype, init)
+                module = kind.make_layer(module, module_name, config)
+                replace_module(model, module_name, module)
+            module.add(name, config, kind, adapter_dtype, init)
             module.train(training)  # new layers and dropouts follow the model's train/eval mode
         for module_name in saved:
             module = model.get_submodule(module_name)
             if not isinstance(module, ModulesToSave):
                 module = ModulesToSave(module, module_name)
-                _replace(model, module_name, module)
+                replace_module(model, module_name, module)
             module.add(name)
     except Exception:
         _remove_everywhere(model, name)
@@ -129,7 +126,7 @@ def _remove_everywhere(model: nn.Module, name: str) -> None:
     for module_name, module in adapted_modules(model):
         module.delete(name)
         if not module.adapter_names:
-            _replace(model, module_name, _unwrapped(module, merge=False))
+            replace_module(model, module_name, _unwrapped(module, merge=False))
 
 
 def _unwrapped(module: nn.Module, merge: bool) -> nn.Module:
@@ -186,21 +183,16 @@ def update_trainable(model: nn.Module) -> None:
 
 def unload(model: nn.Module) -> nn.Module:
     """Remove every adapter without merging: the model computes as the base again."""
-    return _unwrap_all(model, merge=False)
+    return unwrap_all(model, merge=False)
 
 
-def merge_and_unload(model: nn.Module, safe: bool = False) -> nn.Module:
-    """Merge the active adapters into the base weights and remove all LoRA layers."""
-    from lorakit.adapters import merge
-
-    merge(model, safe=safe)
-    return _unwrap_all(model, merge=True)
-
-
-def _unwrap_all(model: nn.Module, merge: bool) -> nn.Module:
+def unwrap_all(model: nn.Module, merge: bool) -> nn.Module:
+    """Put every adapted module's original back (with ``merge``: a LoRA layer's base as it is
+    now, merged adapters included, and a ``modules_to_save`` wrapper's active copy) and forget
+    the adapters' configs."""
     for module_name, module in adapted_modules(model):
         if not merge and isinstance(module, LoraLayer):
             module.unmerge()
-        _replace(model, module_name, _unwrapped(module, merge))
+        replace_module(model, module_name, _unwrapped(module, merge))
     adapter_configs(model).clear()
     return model

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lorakit.adapter_types import adapter_type_for
 from lorakit.config import LoraConfig, load_config
 from lorakit.errors import NotFoundError
 from lorakit.formats import peft
@@ -55,8 +56,7 @@ def save_adapter(model: nn.Module, directory: str | Path, name: str = "default")
         raise NotFoundError(f"no adapter {name!r}; adapters: {list(adapter_configs(model))}")
     check_output_dir(directory, "adapter directory")
     tensors = {k: p.detach().cpu().contiguous().clone() for k, p in adapter_state_dict(model, name).items()}
-    if hasattr(config, "export_tensors"):  # other adapter types: shared or pruned tensors
-        tensors = config.export_tensors(model, name, tensors)
+    tensors = adapter_type_for(config).export_tensors(model, name, config, tensors)  # shared or pruned
     if config.base_model_name_or_path is None:
         config.base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None)
     rank_for = config.rank_for if isinstance(config, LoraConfig) else None
@@ -96,8 +96,7 @@ def load_adapter_tensors(model: nn.Module, config, tensors: dict[str, torch.Tens
         raise ValueError(f"{config_source or source}: {err}") from None
     try:
         tensors = translate_keys(model, tensors, str(source))
-        if hasattr(config, "import_tensors"):  # consumes model-level keys (VeRA's projections)
-            tensors = config.import_tensors(model, name, tensors)
+        tensors = adapter_type_for(config).import_tensors(model, name, config, tensors)  # model-level keys
         _assign(model, name, tensors, source)
     except Exception:
         delete_adapter(model, name)

@@ -119,6 +119,24 @@ def test_bad_weights_name_the_problem_and_change_nothing():
         torch.testing.assert_close(run(model), merged, rtol=0, atol=0)
 
 
+def test_refused_safe_merge_keeps_the_run_time_weights():
+    """merge(..., weights=, safe=True) that the NaN/inf check refuses changes nothing: not the
+    base weights, and not the adapters' run-time weights (they were set before the check)."""
+    model, run = _two_adapters(), _inputs("llama")
+    lorakit.set_adapter(model, ["style", "subject"], weights=[0.7, -0.3])
+    base = {k: v.clone() for k, v in model.state_dict().items() if "base_layer" in k}
+    with torch.no_grad():
+        before = run(model)
+        with pytest.raises(ValueError, match="gives NaN/inf; weights unchanged"):
+            lorakit.merge(model, ["style", "subject"], weights=[1e39, 1.0], safe=True)
+        torch.testing.assert_close(run(model), before, rtol=0, atol=0)
+    for layer in (m for m in model.modules() if isinstance(m, lorakit.layers.LoraLayer)):
+        assert layer.adapter_weights == {"style": 0.7, "subject": -0.3} and not layer.merged_adapters
+    for k, v in model.state_dict().items():
+        if k in base:
+            assert torch.equal(v, base[k]), k
+
+
 def test_second_all_linear_adapter_joins_the_layers_instead_of_nesting():
     model = _two_adapters()
     for name, module in model.named_modules():

@@ -1,4 +1,4 @@
-"""Adapter arithmetic: the pure rules in lorakit.arithmetic, and lorakit.combine on tiny models
+"""Adapter arithmetic: the pure rules in lorakit.combine_math, and lorakit.combine on tiny models
 (linear with one adapter == that adapter, cat == the sum of the outputs, svd error falls with
 rank, parity with PEFT's dW-space methods, PEFT's linear cross-term)."""
 
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import lorakit
-from lorakit.arithmetic import (
+from lorakit.combine_math import (
     disjoint_merge,
     factored_svd,
     magnitude_prune,

@@ -68,10 +68,10 @@ def test_stacked_weights_share_storage_until_disabled():
     attn = model.model.layers[0].self_attn
     before = {n: p.detach().clone() for n, p in model.state_dict().items()}
     fast = enable_fast_training(model)
-    group = attn.q_proj.fast.group
+    group = attn.q_proj.fused_forward.group
     assert attn.k_proj.base_layer.weight.untyped_storage().data_ptr() == group.weight.untyped_storage().data_ptr()
     fast.disable()
-    assert attn.q_proj.fast is None
+    assert attn.q_proj.fused_forward is None
     assert attn.k_proj.base_layer.weight.untyped_storage().data_ptr() != group.weight.untyped_storage().data_ptr()
     after = model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)

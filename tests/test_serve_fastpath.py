@@ -54,7 +54,7 @@ def test_groups_are_the_shared_input_layers_and_share_their_storage(setup):
     block = [[name.rsplit(".", 1)[-1] for name, layer in pool.layers.items() if layer in g.layers]
              for g in pool.groups[:4]]
     assert block == [["q_proj", "k_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
-    assert not plain.groups and all(layer.fast is None for layer in plain.layers.values())
+    assert not plain.groups and all(layer.fused_forward is None for layer in plain.layers.values())
     g = pool.groups[0]
     q = g.layers[0].base_layer.weight
     assert q.data_ptr() == g.ext.data_ptr() and g.ext.shape == (sum(g.outs) + 3 * 8, 64)

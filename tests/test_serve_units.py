@@ -82,9 +82,9 @@ def test_slot_pool_add_to_equals_reference_lora_rows(setup, names, tokens, grad)
             expected = base_out + ops.lora_rows(x, *pool.weights(layer), pool.slot)
             got = pool.add_to(layer, x, layer.base_layer(x))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
-        if layer.rows is None:  # skipped layer: no adapter of the step targets it
+        if layer.per_row_adapters is None:  # skipped layer: no adapter of the step targets it
             assert all(float(pool._buffers[id(layer)][2][slots[n]]) == 0.0 for n in slots)
-    skipped = [name for name, layer in pool.layers.items() if layer.rows is None]
+    skipped = [name for name, layer in pool.layers.items() if layer.per_row_adapters is None]
     assert bool(skipped) == (set(names) == {"gamma", None})  # gamma adapts two module kinds only
 
 

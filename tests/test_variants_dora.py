@@ -11,8 +11,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 import lorakit
-from lorakit.variants import register_variant
-from lorakit.variants.dora import DoraVariant, _Rescale, dora_row_norm
+from lorakit.adapter_types import register_adapter_type
+from lorakit.variants.dora import DoraType, _Rescale, dora_row_norm
 from tests.variants_support import load_base, logits, randomize_adapter, save_tiny_llama, token_ids
 
 peft = pytest.importorskip("peft")
@@ -238,11 +238,11 @@ def test_rescale_keeps_output_and_matches_reference_gradients():
 
 
 def test_saving_the_output_changes_no_gradient():
-    """DoraVariant() keeps the layer output for the backward, DoraVariant(save_output=False)
+    """DoraType() keeps the layer output for the backward, DoraType(save_output=False)
     keeps W x + s*B A x: same gradients, including a trainable base bias (bias="all")."""
     grads = []
     for save_output in (True, False):
-        register_variant("dora", lambda c: c.use_dora, DoraVariant(save_output=save_output))
+        register_adapter_type(DoraType(save_output=save_output))
         try:
             torch.manual_seed(0)
             model = nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 4))
@@ -251,7 +251,7 @@ def test_saving_the_output_changes_no_gradient():
             model(torch.randn(5, 8, generator=torch.Generator().manual_seed(1))).pow(2).sum().backward()
             grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
         finally:
-            register_variant("dora", lambda c: c.use_dora, DoraVariant())
+            register_adapter_type(DoraType())
     assert grads[0].keys() == grads[1].keys() and "0.base_layer.bias" in grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-6, msg=name)

@@ -1,5 +1,6 @@
 """Module surgery for the fused LoRA path: group the adapted linear layers that read the same
-input, stack their frozen weights, and give each layer a ``fast`` hook that its forward consults.
+input, stack their frozen weights, and give each layer a ``fused_forward`` hook
+(``lorakit.layers.FusedForward``) that its forward consults.
 
     y_q, y_k, y_v = q_proj(x), k_proj(x), v_proj(x)      # what the model's code calls
     # with the hook: the first call computes fused_lora_linear(x, [Wq; Wk; Wv], ...) once,
@@ -22,7 +23,6 @@ from torch import nn
 from lorakit.fast.lora_fn import fused_lora_linear, layout
 from lorakit.fast.mask import draw_seed
 from lorakit.layers import LoraLayer, LoraLinear
-from lorakit.variants import Variant
 
 
 def eligible(layer: nn.Module, adapter: str) -> bool:
@@ -32,12 +32,12 @@ def eligible(layer: nn.Module, adapter: str) -> bool:
         return False
     base = layer.base_layer
     return (type(base) is nn.Linear and not base.weight.requires_grad
-            and type(layer.variants.get(adapter)) is Variant and layer.lora_B[adapter].bias is None
+            and layer.variants[adapter].plain_lora and layer.lora_B[adapter].bias is None
             and adapter not in layer.merged_adapters)
 
 
 class FastLinear:
-    """A layer's ``fast`` hook: its output comes from its group's fused function while the layer
+    """A layer's ``fused_forward`` hook (``FusedForward``): its output comes from its group's fused function while the layer
     runs exactly ``adapter``, unmerged, enabled and not in a mixed-adapter batch; otherwise the
     layer's own forward runs."""
 
@@ -45,7 +45,7 @@ class FastLinear:
         self.group, self.index, self.adapter = group, index, adapter
 
     def applies(self, layer: LoraLayer) -> bool:
-        return (not layer.disabled and layer.rows is None and not layer.merged_adapters
+        return (not layer.disabled and layer.per_row_adapters is None and not layer.merged_adapters
                 and layer.active_adapters == [self.adapter])
 
     def __call__(self, layer: LoraLayer, x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +137,7 @@ def shared_inputs(model: nn.Module, layers: dict[str, LoraLinear], example: dict
 
 
 def install(model: nn.Module, adapter: str, example: dict | None) -> list[SharedInputGroup]:
-    """Give every eligible layer a ``fast`` hook (grouped when ``example`` is given)."""
+    """Give every eligible layer a ``fused_forward`` hook (grouped when ``example`` is given)."""
     layers = {n: m for n, m in model.named_modules() if eligible(m, adapter)}
     if example is not None:
         names = shared_inputs(model, layers, example)
@@ -154,7 +154,7 @@ def install(model: nn.Module, adapter: str, example: dict | None) -> list[Shared
         for sub in subgroups:
             group = SharedInputGroup(sub, adapter)
             for i, layer in enumerate(sub):
-                layer.fast = FastLinear(group, i, adapter)
+                layer.fused_forward = FastLinear(group, i, adapter)
             groups.append(group)
     return groups
 
@@ -162,7 +162,7 @@ def install(model: nn.Module, adapter: str, example: dict | None) -> list[Shared
 def uninstall(groups: list[SharedInputGroup]) -> None:
     for group in groups:
         for layer in group.layers:
-            layer.fast = None
+            layer.fused_forward = None
         group.unstack()
 
 

@@ -1,12 +1,14 @@
-"""Adapted layers. ``make_layer`` picks the LoRA layer class for a base module."""
+"""Adapted layers. ``make_layer`` picks plain LoRA's layer class for a base module (other
+adapter types bring their own, see ``lorakit.adapter_types``)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from lorakit.layers.base import LoraLayer, RowAdapters
+from lorakit.layers.base import LoraFactors, LoraLayer
 from lorakit.layers.conv import LoraConv
 from lorakit.layers.embedding import LoraEmbedding
+from lorakit.layers.hooks import FusedForward, PerRowAdapters, StackedRowAdapters
 from lorakit.layers.linear import LoraLinear
 from lorakit.layers.saved import ModulesToSave
 
@@ -21,4 +23,5 @@ def make_layer(module: nn.Module, module_name: str, config) -> LoraLayer:
     return LoraLinear(module, module_name, fan_in_fan_out=config.fan_in_fan_out or is_conv1d)
 
 
-__all__ = ["LoraLayer", "LoraLinear", "LoraEmbedding", "LoraConv", "ModulesToSave", "RowAdapters", "make_layer"]
+__all__ = ["FusedForward", "LoraConv", "LoraEmbedding", "LoraFactors", "LoraLayer", "LoraLinear", "ModulesToSave",
+           "PerRowAdapters", "StackedRowAdapters", "make_layer"]

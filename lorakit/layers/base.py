@@ -2,53 +2,29 @@
 
 State kept per layer: the adapters' parameters (in ModuleDicts/ParameterDicts keyed by adapter
 name, PEFT's layout, so ``state_dict`` keys match PEFT's), ``r``/``lora_alpha``/``scaling`` per
-name, the variant per name, the active set, the stack of merged adapters (unmerge pops it, so
-merge is idempotent and unmerge exact up to float rounding), a ``disabled`` flag, and an
-optional per-row plan (``rows``) for mixed-adapter batches.
+name, each adapter's type (``variants``: a ``lorakit.adapter_types.AdapterType``), the active
+set, the stack of merged adapters (unmerge pops it, so merge is idempotent and unmerge exact up
+to float rounding), a ``disabled`` flag, and the two hooks other subsystems set
+(``fused_forward``, ``per_row_adapters``; see ``LoraLayer.forward`` and ``layers/hooks.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.inits import lookup_init
-from lorakit.variants import resolve_variant
-
-
-@dataclass
-class RowAdapters:
-    """A mixed-adapter batch: row ``b`` uses slot ``slot[b]`` (-1: base only).
-
-    ``names[i]`` is the adapter in slot ``i``. Stacked weights are built once per layer per
-    batch plan. The server uses the same protocol with preallocated slot buffers.
-    """
-
-    slot: torch.Tensor
-    names: list
-    _cache: dict = field(default_factory=dict)
-
-    def weights(self, layer: "LoraLayer"):
-        key = id(layer)
-        if key not in self._cache:
-            self._cache[key] = layer.stack_factors(self.names)
-        return self._cache[key]
-
-    def add_to(self, layer: "LoraLayer", x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """``result`` (the base output) plus each row's LoRA term. The serving slot pool
-        implements the same method with a faster path for its preallocated buffers."""
-        a, b, s = self.weights(layer)
-        return result + layer.row_delta(x, a, b, s, self.slot).to(result.dtype)
+from lorakit.layers.hooks import FusedForward, PerRowAdapters
 
 
 class LoraLayer(nn.Module):
-    """Common state and forward of every adapted layer (subclasses: linear, embedding, conv)."""
+    """Common state, forward and merging of every adapted layer. The layer classes of plain
+    LoRA (linear, embedding, conv) add the factor pair (``LoraFactors``); VeRA's and AdaLoRA's
+    hold their own parameters, which only their adapter type reads."""
 
     zero_init_A = False  # embeddings start with A = 0, B random (PEFT's convention)
-    factor_keys = ("lora_A", "lora_B")
 
     def __init__(self, base_layer: nn.Module, module_name: str = ""):
         super().__init__()
@@ -58,7 +34,7 @@ class LoraLayer(nn.Module):
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
-        self.variants: dict = {}
+        self.variants: dict = {}  # adapter name -> its AdapterType (plain LoRA, DoRA, VeRA, ...)
         # Run-time weight per adapter (lorakit.set_adapter(..., weights=)); 1.0 when absent.
         # ``scaling`` already includes it, so every path (forward, rows, merge) honours it.
         self.adapter_weights: dict[str, float] = {}
@@ -66,34 +42,28 @@ class LoraLayer(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
-        self.rows: RowAdapters | None = None
-        # Optional fused implementation (lorakit.fast): when ``fast.applies(self)`` it computes
-        # the whole output (base + adapters) instead of the generic path below.
-        self.fast = None
+        self.fused_forward: FusedForward | None = None
+        self.per_row_adapters: PerRowAdapters | None = None
 
     # ---- adapters -------------------------------------------------------------------------
     @property
     def adapter_names(self) -> list[str]:
         return list(self.r)
 
-    def add(self, name: str, config, dtype: torch.dtype | None = None, init: bool = True) -> None:
-        """Create adapter ``name``; ``init=False`` skips the init (weights are loaded next)."""
-        r = config.rank_for(self.module_name)
-        self.r[name] = r
-        self.lora_alpha[name] = config.alpha_for(self.module_name)
-        self.scaling[name] = config.scaling_for(self.module_name)
-        p = float(config.lora_dropout)
+    def add(self, name: str, config, kind, dtype: torch.dtype | None = None, init: bool = True) -> None:
+        """Create adapter ``name`` of adapter type ``kind`` (``adapter_type_for(config)``);
+        ``init=False`` skips the init (weights are loaded next)."""
+        held = sorted({k.peft_type for k in self.variants.values()} - {kind.peft_type})
+        if held:
+            raise ValueError(f"{self.module_name} holds {held} adapters; cannot add a {kind.peft_type} adapter")
+        kind.create(self, name, config, dtype or torch.float32, init)
+        self.variants[name] = kind
+
+    def record(self, name: str, r: int, alpha: float, scaling: float, dropout: float) -> None:
+        """The settings every adapter type has: rank, alpha, scaling and input dropout."""
+        self.r[name], self.lora_alpha[name], self.scaling[name] = r, alpha, scaling
+        p = float(dropout)
         self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
-        device = self.base_device()
-        self.create_factors(name, r, config, device, dtype or torch.float32)
-        init_fn = lookup_init(config.init_lora_weights)
-        # An init that rewrites the base weight (PiSSA, OLoRA, LoftQ) also runs when loading, as
-        # in PEFT: the base gets the same residual and the loaded factors overwrite A/B.
-        if init or getattr(init_fn, "rewrites_base", False):
-            init_fn(self, name, config)
-        variant = resolve_variant(config)
-        variant.setup(self, name, config, init)
-        self.variants[name] = variant
 
     def delete(self, name: str) -> None:
         if name in self.merged_adapters:
@@ -132,37 +102,32 @@ class LoraLayer(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.fast is not None and self.fast.applies(self):
-            return self.fast(self, x)
+        """``y = base(x) + sum over active, unmerged adapters a of term_a(x)``, where plain
+        LoRA's term is ``s_a * B_a(A_a(dropout(x)))`` and each adapter's type
+        (``variants[a].forward``) adds its own.
+
+        Precedence, the one place it is stated (hooks are None unless a subsystem sets them):
+
+        1. ``fused_forward`` (``FusedForward``: training's fused path in ``lorakit.fast``,
+           serving's shared-input groups): when ``fused_forward.applies(self)`` it returns the
+           whole output, the base included; it declines while the layer is in a state it does
+           not compute (disabled, merged, other adapters, mixed batch).
+        2. ``disabled``: the base output only.
+        3. ``per_row_adapters`` (``PerRowAdapters``: ``lorakit.adapter_per_row``, serving's
+           slot pool): row ``b`` gets its own slot's term instead of the active adapters'.
+        4. Otherwise the active adapters, in order; merged ones are already in the base.
+        """
+        if self.fused_forward is not None and self.fused_forward.applies(self):
+            return self.fused_forward(self, x)
         result = self.base_layer(x, *args, **kwargs)
         if self.disabled:
             return result
-        if self.rows is not None:
-            return self.rows.add_to(self, x, result)
+        if self.per_row_adapters is not None:
+            return self.per_row_adapters.add_to(self, x, result)
         for name in self.active_adapters:
             if name in self.variants and name not in self.merged_adapters:
                 result = self.variants[name].forward(self, name, x, result)
         return result
-
-    def stack_factors(self, names: list):
-        """Stacked, rank-padded factors for ``names`` (None or a missing adapter -> zeros).
-
-        Returns ``A [S, r_max, ...]``, ``B [S, out, r_max, ...]``, ``scaling [S]`` in the
-        adapters' dtype.
-        """
-        present = [n for n in names if n in self.r]
-        r_max = max([self.r[n] for n in present], default=1)
-        ref_a, ref_b = self.adapter_factors(present[0]) if present else self.adapter_factors(None)
-        a_stack = ref_a.new_zeros((len(names), r_max) + tuple(ref_a.shape[1:]))
-        b_stack = ref_b.new_zeros((len(names), ref_b.shape[0], r_max) + tuple(ref_b.shape[2:]))
-        scale = torch.zeros(len(names), dtype=ref_a.dtype, device=ref_a.device)
-        for i, name in enumerate(names):
-            if name in self.r:
-                a, b = self.adapter_factors(name)
-                a_stack[i, : a.shape[0]] = a.detach()
-                b_stack[i, :, : b.shape[1]] = b.detach()
-                scale[i] = self.scaling[name]
-        return a_stack, b_stack, scale
 
     # ---- merging --------------------------------------------------------------------------
     def base_weight(self) -> torch.nn.Parameter:
@@ -213,7 +178,7 @@ class LoraLayer(nn.Module):
     def adapter_params(self, name: str) -> dict[str, nn.Parameter]:
         """Adapter ``name``'s parameters keyed by PEFT's suffix (``lora_A.weight``,
         ``lora_embedding_A``, ``lora_magnitude_vector``, ...): every per-adapter container on
-        this layer contributes, so variants that add containers are saved without extra code."""
+        this layer contributes, so adapter types that add containers are saved without extra code."""
         out: dict[str, nn.Parameter] = {}
         for cname, container in self.named_children():
             if cname == "base_layer" or not isinstance(container, (nn.ModuleDict, nn.ParameterDict)):
@@ -227,22 +192,25 @@ class LoraLayer(nn.Module):
                 out.update({f"{cname}.{p}": t for p, t in item.named_parameters()})
         return out
 
-    # ---- implemented by each layer type ---------------------------------------------------
-    def create_factors(self, name, r, config, device, dtype) -> None:
-        raise NotImplementedError
 
-    def adapter_factors(self, name):
+class LoraFactors(Protocol):
+    """What the plain-LoRA layer classes (linear, embedding, conv) add to ``LoraLayer``: one
+    factor pair per adapter, which plain LoRA, DoRA, the inits, stacked rows and combine read."""
+
+    def create_factors(self, name: str, r: int, config, device: torch.device, dtype: torch.dtype) -> None:
+        """Create adapter ``name``'s A and B (values are written by the init or a file)."""
+
+    def adapter_factors(self, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, B)`` parameters of adapter ``name`` (``name=None``: shape templates)."""
-        raise NotImplementedError
 
     def lora_term(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``s * B(A(dropout(x)))`` of adapter ``name``."""
 
     def plain_delta_weight(self, name: str) -> torch.Tensor:
-        raise NotImplementedError
+        """``s * B @ A`` in the base weight's layout (fp32)."""
 
     def row_delta(self, x, a_stack, b_stack, scale, slot) -> torch.Tensor:
-        raise NotImplementedError
+        """Each row's term from stacked factors (``ops.lora_rows`` semantics)."""
 
 
 def masked_row_delta(term, x: torch.Tensor, slot: torch.Tensor, n_slots: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ from lorakit.layers.base import LoraLayer
 
 class LoraEmbedding(LoraLayer):
     zero_init_A = True
-    factor_keys = ("lora_embedding_A", "lora_embedding_B")
 
     def __init__(self, base_layer: nn.Embedding, module_name: str = ""):
         super().__init__(base_layer, module_name)

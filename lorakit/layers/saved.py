@@ -8,6 +8,8 @@ import copy
 import torch
 from torch import nn
 
+from lorakit.layers.hooks import StackedRowAdapters
+
 
 class ModulesToSave(nn.Module):
     def __init__(self, original_module: nn.Module, module_name: str = ""):
@@ -17,7 +19,8 @@ class ModulesToSave(nn.Module):
         self.module_name = module_name
         self.active_adapters: list[str] = []
         self.disabled = False
-        self.rows = None
+        # a mixed batch (lorakit.adapter_per_row); the server's slot pool never wraps these
+        self.per_row_adapters: StackedRowAdapters | None = None
 
     @property
     def adapter_names(self) -> list[str]:
@@ -50,12 +53,13 @@ class ModulesToSave(nn.Module):
         return self.original_module
 
     def forward(self, x, *args, **kwargs):
-        if self.rows is None or self.disabled:
+        if self.per_row_adapters is None or self.disabled:
             return self.current()(x, *args, **kwargs)
         # Mixed batch: each row takes the output of its adapter's copy (or the original).
         out = self.original_module(x, *args, **kwargs)
-        for i, name in enumerate(self.rows.names):
-            rows = self.rows.slot == i
+        plan = self.per_row_adapters
+        for i, name in enumerate(plan.names):
+            rows = plan.slot == i
             if name in self.modules_to_save and bool(rows.any()):
                 other = self.modules_to_save[name](x, *args, **kwargs)
                 mask = rows.view(-1, *([1] * (out.dim() - 1)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lorakit.inject import replace_module
 from lorakit.quant.linear4bit import Linear4bit
 from lorakit.quant.nf4 import check_blocksize, nf4_dequantize, quantized_nbytes
 
@@ -105,9 +106,7 @@ def quantize(
     check_blocksize(blocksize)
     done: dict[int, Linear4bit] = {}
     for name in select_layers(model, targets, skip):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
+        linear = model.get_submodule(name)
         if id(linear) not in done:
             try:
                 done[id(linear)] = Linear4bit.from_linear(
@@ -115,7 +114,7 @@ def quantize(
                 )
             except (TypeError, ValueError) as err:
                 raise type(err)(f"cannot quantize layer {name!r}: {err}") from err
-        setattr(parent, child, done[id(linear)])
+        replace_module(model, name, done[id(linear)])
     return model
 
 
@@ -166,7 +165,8 @@ def merge_and_unload_quantized(
     re-quantization added to the merged weights, ``max_abs_error`` / ``mean_abs_error``
     (0.0 without re-quantization) plus ``per_layer`` ``{name: (max, mean)}``.
     """
-    from lorakit.inject import adapted_modules, merge_and_unload
+    from lorakit.adapters import merge_and_unload
+    from lorakit.inject import adapted_modules
 
     originals: dict[str, Linear4bit] = {}
     wrappers = {}
@@ -196,8 +196,7 @@ def merge_and_unload_quantized(
         error = (decoded - merged.weight.float()).abs()
         per_layer[name] = (error.max().item(), error.mean().item())
         total_abs, total_n = total_abs + error.sum().item(), total_n + error.numel()
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
+        replace_module(model, name, layer)
     report = {
         "layers": len(originals),
         "requantized": requantize,

@@ -34,7 +34,7 @@ from lorakit.layers import LoraLayer
 
 
 class SlotGroup:
-    """Layers of one served model that share an input; ``layer.fast`` of each member points
+    """Layers of one served model that share an input; ``layer.fused_forward`` of each member points
     at its ``GroupHook``."""
 
     def __init__(self, pool, layers: list[LoraLayer]):
@@ -53,7 +53,7 @@ class SlotGroup:
         self.region: int | None = None  # slot whose factors the A rows / b_blk hold
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, layer in enumerate(layers):
-            layer.fast = GroupHook(self, i)
+            layer.fused_forward = GroupHook(self, i)
 
     def load_region(self, slot: int) -> None:
         """Copy slot ``slot``'s factors (zeros for members its adapter does not target)."""
@@ -82,7 +82,7 @@ class SlotGroup:
         return outs[index]
 
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
-        targeted = [layer.rows is not None for layer in self.layers]
+        targeted = [layer.per_row_adapters is not None for layer in self.layers]
         pool = self.pool
         if not any(targeted):
             return F.linear(x, self.ext[: self.width])
@@ -107,7 +107,7 @@ class SlotGroup:
 
 
 class GroupHook:
-    """A member's ``fast`` hook: the group computes the layer's output while serving runs
+    """A member's ``fused_forward`` hook (``FusedForward``): the group computes the layer's output while serving runs
     without autograd; otherwise (a test taking gradients) the layer's own forward runs."""
 
     def __init__(self, group: SlotGroup, index: int):

@@ -13,7 +13,7 @@ whatever the number of distinct adapters: for decode steps in bf16 through the C
 ``serve/kernels.py`` (each row reads its own slot's factors in place), otherwise one gather and
 two batched matmuls per layer. B is stored transposed so that the kernel's expand step streams
 contiguous rows of it.
-The pool speaks the ``RowAdapters`` protocol (``.slot`` and ``.weights(layer)``), so the layer
+The pool is a layer's ``per_row_adapters`` hook (``lorakit.layers.PerRowAdapters``), so the layer
 code is the library's, unchanged.
 
 Adapters live outside the model: the model's module tree is fixed when the pool is built (every
@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit.config import LoraConfig
+from lorakit.inject import replace_module
 from lorakit.layers import LoraLayer, make_layer
 from lorakit.serve import kernels
 from lorakit.serve.cache import HostAdapter
@@ -47,7 +48,7 @@ from lorakit.targets import find_targets
 
 def wrap_linear_layers(model: nn.Module) -> dict[str, LoraLayer]:
     """Wrap every linear layer of ``model`` except the output head in an adapter layer that has
-    no adapter of its own (it computes the base until a pool sets ``rows``). Module surgery
+    no adapter of its own (it computes the base until a pool sets ``per_row_adapters``). Module surgery
     only; returns module name -> adapter layer."""
     if any(isinstance(m, LoraLayer) for m in model.modules()):
         raise ValueError("the served model already holds LoRA layers; serve a plain base model "
@@ -56,8 +57,7 @@ def wrap_linear_layers(model: nn.Module) -> dict[str, LoraLayer]:
     for name in find_targets(model, LoraConfig(target_modules="all-linear")):
         base = model.get_submodule(name)
         layer = make_layer(base, name, LoraConfig())
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+        replace_module(model, name, layer)
         layers[name] = layer
     return layers
 
@@ -128,7 +128,7 @@ class SlotPool:
         adapter poison another request's row; a broadcast ``masked_fill`` was 2-8x slower)."""
         return self._base_rows
 
-    # ---- the RowAdapters protocol -----------------------------------------------------------
+    # ---- the PerRowAdapters hook -------------------------------------------------------------
     def weights(self, layer: LoraLayer):
         """The layer's stacked slot buffers sliced to the step's largest rank: with ``.slot``
         the arguments of the reference ``ops.lora_rows`` (what ``add_to`` computes faster)."""
@@ -184,7 +184,7 @@ class SlotPool:
             for i in used:
                 active |= self._targets[i]
         for key, layer in self._by_id.items():
-            layer.rows = self if key in active else None
+            layer.per_row_adapters = self if key in active else None
 
     # ---- slot bookkeeping -------------------------------------------------------------------
     def acquire(self, adapter: HostAdapter) -> int | None:

@@ -1,53 +1,55 @@
-"""LoRA variants, by registration: the adapted layer's forward looks its variant up in a table.
-
-A variant decides how one adapter contributes to a layer's output and how it merges. Plain
-LoRA is the default; DoRA and others register a predicate on the config that selects them.
+"""Plain LoRA as an adapter type; DoRA, VeRA and AdaLoRA (the modules beside this one) are the
+other built-in entries of ``lorakit.adapter_types`` (registered in ``lorakit.builtin_types``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
+from torch import nn
+
+from lorakit.adapter_types import AdapterType
+from lorakit.config import LoraConfig
+from lorakit.inits import lookup_init
+from lorakit.layers import LoraFactors, make_layer
 
 
-class Variant:
-    """Plain LoRA: ``y = base(x) + s * B(A(dropout(x)))``; merge adds ``s * B @ A`` to W."""
+class LoraType(AdapterType):
+    """Plain LoRA: ``y = base(x) + s * B(A(dropout(x)))``; merge adds ``s * B @ A`` to W.
+
+    Works on every layer class ``lorakit.layers.make_layer`` picks (linear, Conv1D, 4-bit
+    linear, embedding, conv); the layer provides the factor pair (``LoraFactors``).
+    """
 
     name = "lora"
-    supports_rows = True  # can run in a mixed-adapter batch through stacked slots
+    peft_type = "LORA"
+    config_class = LoraConfig
+    plain_lora = True
 
-    def setup(self, layer, adapter: str, config, init: bool) -> None:
-        """Create any extra per-adapter state after A/B exist (``init``: they were initialised,
-        not about to be loaded)."""
+    def selects(self, config: LoraConfig) -> bool:
+        return not config.use_dora
 
-    def forward(self, layer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def make_layer(self, module: nn.Module, module_name: str, config: LoraConfig):
+        return make_layer(module, module_name, config)
+
+    def create(self, layer: LoraFactors, adapter: str, config: LoraConfig, dtype: torch.dtype,
+               init: bool) -> None:
+        n = layer.module_name
+        r = config.rank_for(n)
+        layer.record(adapter, r, config.alpha_for(n), config.scaling_for(n), config.lora_dropout)
+        layer.create_factors(adapter, r, config, layer.base_device(), dtype)
+        init_fn = lookup_init(config.init_lora_weights)
+        # An init that rewrites the base weight (PiSSA, OLoRA, LoftQ) also runs when loading, as
+        # in PEFT: the base gets the same residual and the loaded factors overwrite A/B.
+        if init or getattr(init_fn, "rewrites_base", False):
+            init_fn(layer, adapter, config)
+
+    def forward(self, layer: LoraFactors, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         return result + layer.lora_term(adapter, x).to(result.dtype)
 
-    def delta_weight(self, layer, adapter: str) -> torch.Tensor:
+    def delta_weight(self, layer: LoraFactors, adapter: str) -> torch.Tensor:
         return layer.plain_delta_weight(adapter)
 
-    def merge(self, layer, adapter: str, safe: bool) -> None:
-        layer.add_to_base(self.delta_weight(layer, adapter), adapter, safe)
 
-    def unmerge(self, layer, adapter: str) -> None:
-        layer.add_to_base(self.delta_weight(layer, adapter), adapter, safe=False, sign=-1.0)
+PLAIN = LoraType()
 
-
-PLAIN = Variant()
-# (name, predicate over LoraConfig, variant); the first predicate that holds wins.
-_REGISTRY: list[tuple[str, Callable[[object], bool], Variant]] = []
-
-
-def register_variant(name: str, when: Callable[[object], bool], variant: Variant) -> None:
-    _REGISTRY[:] = [entry for entry in _REGISTRY if entry[0] != name]
-    _REGISTRY.append((name, when, variant))
-
-
-def resolve_variant(config) -> Variant:
-    for _, when, variant in _REGISTRY:
-        if when(config):
-            return variant
-    if getattr(config, "use_dora", False):
-        raise ValueError("use_dora=True but no DoRA variant is registered in this build")
-    return PLAIN
+__all__ = ["LoraType", "PLAIN"]

@@ -20,20 +20,21 @@ from typing import ClassVar, Union
 import torch
 from torch import nn
 
-from lorakit.config import check_field_types, register_adapter_type
+from lorakit.adapter_types import AdapterType
+from lorakit.config import LoraFields, check_field_types
 from lorakit.formats import peft
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.linear import linear_shape
 from lorakit.targets import is_linear_like
-from lorakit.variants import Variant
 from lorakit.variants import peft_config as pc
 
 _EPS = 1e-5  # PEFT's ranknum + 1e-5
 
 
 @dataclass
-class AdaLoraConfig:
-    """PEFT's ``AdaLoraConfig`` fields that change behaviour (defaults as PEFT's).
+class AdaLoraConfig(LoraFields):
+    """PEFT's ``AdaLoraConfig`` fields that change behaviour (defaults as PEFT's): the ones it
+    shares with LoRA (``LoraFields``) and these.
 
     ``init_r``: starting rank of every layer; ``target_r``: average rank at the end (budget
     ``target_r * layers``); ``tinit`` warm-up steps, ``tfinal`` final steps at a fixed
@@ -52,17 +53,9 @@ class AdaLoraConfig:
     orth_reg_weight: float = 0.5
     total_step: Union[int, None] = None
     rank_pattern: Union[dict, None] = None
-    r: int = 8
-    lora_alpha: float = 8
-    lora_dropout: float = 0.0
-    target_modules: Union[list[str], str, None] = None
-    exclude_modules: Union[list[str], str, None] = None
     fan_in_fan_out: bool = False
-    bias: str = "none"
     modules_to_save: Union[list[str], None] = None
     init_lora_weights: bool = True
-    layers_to_transform: Union[list[int], int, None] = None
-    layers_pattern: Union[list[str], str, None] = None
     task_type: Union[str, None] = None
     base_model_name_or_path: Union[str, None] = None
     inference_mode: bool = False
@@ -89,24 +82,6 @@ class AdaLoraConfig:
         """The kept-triplet mask of ``module_name`` from ``rank_pattern`` (None: all kept)."""
         return (self.rank_pattern or {}).get(f"{module_name}.lora_E")
 
-    # ---- hooks read by lorakit.inject / lorakit.io ----------------------------------------
-    def make_layer(self, module: nn.Module, module_name: str) -> "SVDLinear":
-        if not is_linear_like(module):
-            raise ValueError(f"{module_name}: AdaLoRA adapts linear layers only, not {type(module).__name__}")
-        conv1d = type(module).__name__ == "Conv1D"
-        return SVDLinear(module, module_name, fan_in_fan_out=self.fan_in_fan_out or conv1d)
-
-    def export_tensors(self, model: nn.Module, name: str, tensors: dict) -> dict:
-        """Keep only the triplets ``rank_pattern`` keeps (PEFT saves a pruned adapter)."""
-        for key, mask in (self.rank_pattern or {}).items():
-            module = key.removesuffix(".lora_E")
-            keep = torch.tensor(mask, dtype=torch.bool)
-            for suffix in ("lora_A", "lora_E", "lora_B"):
-                full, dim = peft.tensor_key(module, suffix), peft.KINDS[suffix]
-                if full in tensors and tensors[full].shape[dim] == keep.numel():
-                    tensors[full] = tensors[full].index_select(dim, keep.nonzero().view(-1)).contiguous()
-        return tensors
-
     # ---- adapter_config.json --------------------------------------------------------------
     def to_peft_dict(self) -> dict:
         return pc.to_peft_dict(self)
@@ -131,33 +106,49 @@ class SVDLinear(LoraLayer):
         self.lora_B = nn.ParameterDict()
         self.ranknum: dict[str, float] = {}
 
-    def add(self, name: str, config: AdaLoraConfig, dtype: torch.dtype | None = None, init: bool = True) -> None:
-        if not isinstance(config, AdaLoraConfig):
-            raise ValueError(f"{self.module_name} holds AdaLoRA adapters; cannot add a {config.peft_type} adapter")
-        kept = config.kept(self.module_name)
-        r = config.init_r if kept is None else sum(bool(k) for k in kept)
-        kw = dict(device=self.base_device(), dtype=dtype or torch.float32)
-        self.r[name], self.ranknum[name] = r, float(config.init_r)
-        self.lora_alpha[name] = config.lora_alpha
-        self.scaling[name] = config.lora_alpha if config.lora_alpha > 0 else float(r)
-        p = float(config.lora_dropout)
-        self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
-        a, e, b = torch.randn(r, self.in_features, **kw), torch.randn(r, 1, **kw), torch.randn(self.out_features, r, **kw)
-        if config.init_lora_weights:  # PEFT: E = 0 (a no-op start), A and B ~ N(0, 0.02)
-            e.zero_()
-            a.normal_(0.0, 0.02)
-            b.normal_(0.0, 0.02)
-        self.lora_A[name], self.lora_E[name], self.lora_B[name] = nn.Parameter(a), nn.Parameter(e), nn.Parameter(b)
-        self.variants[name] = ADALORA
-
     def delete(self, name: str) -> None:
         super().delete(name)
         self.ranknum.pop(name, None)
 
 
-class AdaLoraVariant(Variant):
+class AdaLoraType(AdapterType):
+    """AdaLoRA's adapter type: ``AdaLoraConfig``, ``SVDLinear`` layers; a saved file holds only
+    the triplets ``rank_pattern`` keeps."""
+
     name = "adalora"
-    supports_rows = False
+    peft_type = "ADALORA"
+    config_class = AdaLoraConfig
+
+    def make_layer(self, module: nn.Module, module_name: str, config: AdaLoraConfig) -> SVDLinear:
+        if not is_linear_like(module):
+            raise ValueError(f"{module_name}: AdaLoRA adapts linear layers only, not {type(module).__name__}")
+        conv1d = type(module).__name__ == "Conv1D"
+        return SVDLinear(module, module_name, fan_in_fan_out=config.fan_in_fan_out or conv1d)
+
+    def create(self, layer: SVDLinear, adapter: str, config: AdaLoraConfig, dtype: torch.dtype, init: bool) -> None:
+        kept = config.kept(layer.module_name)
+        r = config.init_r if kept is None else sum(bool(k) for k in kept)
+        kw = dict(device=layer.base_device(), dtype=dtype)
+        layer.record(adapter, r, config.lora_alpha, config.lora_alpha if config.lora_alpha > 0 else float(r),
+                     config.lora_dropout)
+        layer.ranknum[adapter] = float(config.init_r)
+        a, e, b = torch.randn(r, layer.in_features, **kw), torch.randn(r, 1, **kw), torch.randn(layer.out_features, r, **kw)
+        if config.init_lora_weights:  # PEFT: E = 0 (a no-op start), A and B ~ N(0, 0.02)
+            e.zero_()
+            a.normal_(0.0, 0.02)
+            b.normal_(0.0, 0.02)
+        layer.lora_A[adapter], layer.lora_E[adapter], layer.lora_B[adapter] = nn.Parameter(a), nn.Parameter(e), nn.Parameter(b)
+
+    def export_tensors(self, model: nn.Module, adapter: str, config: AdaLoraConfig, tensors: dict) -> dict:
+        """Keep only the triplets ``rank_pattern`` keeps (PEFT saves a pruned adapter)."""
+        for key, mask in (config.rank_pattern or {}).items():
+            module = key.removesuffix(".lora_E")
+            keep = torch.tensor(mask, dtype=torch.bool)
+            for suffix in ("lora_A", "lora_E", "lora_B"):
+                full, dim = peft.tensor_key(module, suffix), peft.KINDS[suffix]
+                if full in tensors and tensors[full].shape[dim] == keep.numel():
+                    tensors[full] = tensors[full].index_select(dim, keep.nonzero().view(-1)).contiguous()
+        return tensors
 
     def forward(self, layer: SVDLinear, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         a, e, b = layer.lora_A[adapter], layer.lora_E[adapter], layer.lora_B[adapter]
@@ -171,5 +162,4 @@ class AdaLoraVariant(Variant):
         return delta.T if layer.fan_in_fan_out else delta
 
 
-ADALORA = AdaLoraVariant()
-register_adapter_type("ADALORA", AdaLoraConfig)
+ADALORA = AdaLoraType()

@@ -1,4 +1,4 @@
-"""DoRA (Liu et al., 2024): weight-decomposed LoRA, registered as a variant (``use_dora=True``).
+"""DoRA (Liu et al., 2024): weight-decomposed LoRA, an adapter type on ``LoraConfig(use_dora=True)``.
 
 A learnable magnitude ``m`` (one entry per output row, PEFT key ``lora_magnitude_vector``)
 rescales the direction of the adapted weight:
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakit import ops
-from lorakit.variants import Variant, register_variant
+from lorakit.layers import LoraLinear
+from lorakit.variants import LoraType
 
 
 def dora_row_norm(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float,
@@ -76,7 +77,7 @@ class _Rescale(torch.autograd.Function):
     backward: when the next op keeps ``y`` anyway (an activation's input, attention's values),
     the two share one tensor. A model that edits this output in place (``ReLU(inplace=True)``
     right after the layer) makes the backward raise autograd's in-place error; build the
-    variant with ``DoraVariant(save_output=False)`` for such a model.
+    type with ``DoraType(save_output=False)`` for such a model.
     """
 
     @staticmethod
@@ -106,21 +107,25 @@ class _Rescale(torch.autograd.Function):
         return grad_z, grad_g, grad_bias
 
 
-class DoraVariant(Variant):
+class DoraType(LoraType):
     """DoRA on a linear layer (nn.Linear, Conv1D, 4-bit linear). Not in mixed-adapter batches."""
 
     name = "dora"
-    supports_rows = False
+    plain_lora = False
 
     def __init__(self, save_output: bool = True):
         self.save_output = save_output
 
-    def setup(self, layer, adapter: str, config, init: bool) -> None:
-        if not hasattr(layer, "lora_A") or not hasattr(layer, "fan_in_fan_out"):
+    def selects(self, config) -> bool:
+        return config.use_dora
+
+    def create(self, layer, adapter: str, config, dtype: torch.dtype, init: bool) -> None:
+        if not isinstance(layer, LoraLinear):
             raise ValueError(f"{layer.module_name}: DoRA is implemented for linear layers only, "
                              f"not {type(layer.base_layer).__name__}")
         if config.lora_bias:
             raise ValueError(f"{layer.module_name}: lora_bias=True is not supported with DoRA (as in PEFT)")
+        super().create(layer, adapter, config, dtype, init)
         if not hasattr(layer, "lora_magnitude_vector"):
             layer.lora_magnitude_vector = nn.ParameterDict()
             layer.dora_merge_factor = {}  # adapter -> m / norm used at merge time, for exact unmerge
@@ -186,4 +191,4 @@ class DoraVariant(Variant):
         weight.data.copy_(restored.to(weight.dtype))
 
 
-register_variant("dora", lambda config: bool(getattr(config, "use_dora", False)), DoraVariant())
+DORA = DoraType()

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lorakit.config import check_field_types, register_adapter_type
+from lorakit.adapter_types import AdapterType
+from lorakit.config import check_field_types
 from lorakit.errors import NotFoundError
 from lorakit.layers.base import LoraLayer
 from lorakit.layers.linear import linear_shape
 from lorakit.targets import is_linear_like
-from lorakit.variants import Variant
 from lorakit.variants import peft_config as pc
 
 PROJECTION_KEYS = ("base_model.vera_A", "base_model.vera_B")
@@ -68,47 +68,6 @@ class VeraConfig:
         pc.check(0.0 <= float(self.vera_dropout) < 1.0, "VeraConfig",
                  f"vera_dropout must be in [0, 1), got {self.vera_dropout!r}")
 
-    # ---- hooks read by lorakit.inject / lorakit.io ----------------------------------------
-    def prepare(self, model: nn.Module, targets: list[str]) -> None:
-        """Draw the shared projections, sized for the largest targeted layer."""
-        shapes = []
-        for name in targets:
-            module = getattr(model.get_submodule(name), "base_layer", model.get_submodule(name))
-            if not is_linear_like(module):
-                raise ValueError(f"{name}: VeRA adapts linear layers only, not {type(module).__name__}")
-            shapes.append(linear_shape(module))
-        max_in, max_out = max(s[0] for s in shapes), max(s[1] for s in shapes)
-        self._projections = VeraProjections(self.r, max_in, max_out, self.projection_prng_key)
-
-    def make_layer(self, module: nn.Module, module_name: str) -> "VeraLinear":
-        conv1d = type(module).__name__ == "Conv1D"
-        return VeraLinear(module, module_name, fan_in_fan_out=self.fan_in_fan_out or conv1d)
-
-    def export_tensors(self, model: nn.Module, name: str, tensors: dict) -> dict:
-        if self.save_projection:
-            proj = _projections(model, name)
-            tensors[PROJECTION_KEYS[0]] = proj.vera_A.detach().cpu().clone()
-            tensors[PROJECTION_KEYS[1]] = proj.vera_B.detach().cpu().clone()
-        return tensors
-
-    def import_tensors(self, model: nn.Module, name: str, tensors: dict) -> dict:
-        tensors = dict(tensors)
-        found = [tensors.pop(k, None) for k in PROJECTION_KEYS]
-        if any(t is None for t in found):
-            if self.save_projection:
-                raise ValueError(f"adapter {name!r}: save_projection is set but {PROJECTION_KEYS} are missing")
-            warnings.warn(f"adapter {name!r}: VeRA projections rebuilt from projection_prng_key="
-                          f"{self.projection_prng_key} (not in the file)", stacklevel=3)
-            return tensors
-        proj = _projections(model, name)
-        with torch.no_grad():
-            for key, buf, new in zip(PROJECTION_KEYS, (proj.vera_A, proj.vera_B), found):
-                if tuple(new.shape) != tuple(buf.shape):
-                    raise ValueError(f"tensor {key} has shape {tuple(new.shape)} but the model's targeted "
-                                     f"layers need {tuple(buf.shape)}")
-                buf.copy_(new.to(buf.dtype))
-        return tensors
-
     # ---- adapter_config.json --------------------------------------------------------------
     def to_peft_dict(self) -> dict:
         return pc.to_peft_dict(self)
@@ -129,7 +88,7 @@ def _kaiming(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor
 
 class VeraProjections(nn.Module):
     """The frozen shared pair, held by every VeRA layer of one adapter (buffers, not saved in
-    the model's state_dict; ``export_tensors`` writes them to the adapter file)."""
+    the model's state_dict; ``VeraType.export_tensors`` writes them to the adapter file)."""
 
     def __init__(self, r: int, max_in: int, max_out: int, seed: int):
         super().__init__()
@@ -156,33 +115,73 @@ class VeraLinear(LoraLayer):
         self.vera_lambda_d = nn.ParameterDict()
         self.vera_projection = nn.ModuleDict()
 
-    def add(self, name: str, config: VeraConfig, dtype: torch.dtype | None = None, init: bool = True) -> None:
-        if not isinstance(config, VeraConfig):
-            raise ValueError(f"{self.module_name} holds VeRA adapters; cannot add a {config.peft_type} adapter")
-        device, dtype = self.base_device(), dtype or torch.float32
-        self.r[name], self.lora_alpha[name], self.scaling[name] = config.r, 1.0, 1.0
-        p = float(config.vera_dropout)
-        self.lora_dropout[name] = nn.Dropout(p) if p > 0 else nn.Identity()
-        self.vera_projection[name] = config._projections.to(device)
-        # PEFT's init: lambda_b = 0 (no-op start), lambda_d = d_initial; without init_weights
-        # lambda_b = 1 and lambda_d ~ N(0, 1) so the adapter changes the output (tests).
-        lambda_b = torch.ones(self.out_features, device=device, dtype=dtype)
-        lambda_d = torch.randn(config.r, device=device, dtype=dtype)
-        if config.init_weights:
-            lambda_b.zero_()
-            lambda_d.fill_(config.d_initial)
-        self.vera_lambda_b[name] = nn.Parameter(lambda_b)
-        self.vera_lambda_d[name] = nn.Parameter(lambda_d)
-        self.variants[name] = VERA
-
     def sliced(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         proj = self.vera_projection[name]
         return proj.vera_A[:, : self.in_features], proj.vera_B[: self.out_features, :]
 
 
-class VeraVariant(Variant):
+class VeraType(AdapterType):
+    """VeRA's adapter type: ``VeraConfig``, ``VeraLinear`` layers, the shared projections
+    (drawn in ``prepare``, written and read as model-level tensors)."""
+
     name = "vera"
-    supports_rows = False
+    peft_type = "VERA"
+    config_class = VeraConfig
+
+    def prepare(self, model: nn.Module, targets: list[str], config: VeraConfig) -> None:
+        """Draw the shared projections, sized for the largest targeted layer."""
+        shapes = []
+        for name in targets:
+            module = model.get_submodule(name)
+            module = module.base_layer if isinstance(module, LoraLayer) else module
+            if not is_linear_like(module):
+                raise ValueError(f"{name}: VeRA adapts linear layers only, not {type(module).__name__}")
+            shapes.append(linear_shape(module))
+        max_in, max_out = max(s[0] for s in shapes), max(s[1] for s in shapes)
+        config._projections = VeraProjections(config.r, max_in, max_out, config.projection_prng_key)
+
+    def make_layer(self, module: nn.Module, module_name: str, config: VeraConfig) -> VeraLinear:
+        conv1d = type(module).__name__ == "Conv1D"
+        return VeraLinear(module, module_name, fan_in_fan_out=config.fan_in_fan_out or conv1d)
+
+    def create(self, layer: VeraLinear, adapter: str, config: VeraConfig, dtype: torch.dtype, init: bool) -> None:
+        device = layer.base_device()
+        layer.record(adapter, config.r, 1.0, 1.0, config.vera_dropout)
+        layer.vera_projection[adapter] = config._projections.to(device)
+        # PEFT's init: lambda_b = 0 (no-op start), lambda_d = d_initial; without init_weights
+        # lambda_b = 1 and lambda_d ~ N(0, 1) so the adapter changes the output (tests).
+        lambda_b = torch.ones(layer.out_features, device=device, dtype=dtype)
+        lambda_d = torch.randn(config.r, device=device, dtype=dtype)
+        if config.init_weights:
+            lambda_b.zero_()
+            lambda_d.fill_(config.d_initial)
+        layer.vera_lambda_b[adapter] = nn.Parameter(lambda_b)
+        layer.vera_lambda_d[adapter] = nn.Parameter(lambda_d)
+
+    def export_tensors(self, model: nn.Module, adapter: str, config: VeraConfig, tensors: dict) -> dict:
+        if config.save_projection:
+            proj = _projections(model, adapter)
+            tensors[PROJECTION_KEYS[0]] = proj.vera_A.detach().cpu().clone()
+            tensors[PROJECTION_KEYS[1]] = proj.vera_B.detach().cpu().clone()
+        return tensors
+
+    def import_tensors(self, model: nn.Module, adapter: str, config: VeraConfig, tensors: dict) -> dict:
+        tensors = dict(tensors)
+        found = [tensors.pop(k, None) for k in PROJECTION_KEYS]
+        if any(t is None for t in found):
+            if config.save_projection:
+                raise ValueError(f"adapter {adapter!r}: save_projection is set but {PROJECTION_KEYS} are missing")
+            warnings.warn(f"adapter {adapter!r}: VeRA projections rebuilt from projection_prng_key="
+                          f"{config.projection_prng_key} (not in the file)", stacklevel=3)
+            return tensors
+        proj = _projections(model, adapter)
+        with torch.no_grad():
+            for key, buf, new in zip(PROJECTION_KEYS, (proj.vera_A, proj.vera_B), found):
+                if tuple(new.shape) != tuple(buf.shape):
+                    raise ValueError(f"tensor {key} has shape {tuple(new.shape)} but the model's targeted "
+                                     f"layers need {tuple(buf.shape)}")
+                buf.copy_(new.to(buf.dtype))
+        return tensors
 
     def forward(self, layer: VeraLinear, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         lambda_b, lambda_d = layer.vera_lambda_b[adapter], layer.vera_lambda_d[adapter]
@@ -200,5 +199,4 @@ class VeraVariant(Variant):
         return delta.T if layer.fan_in_fan_out else delta
 
 
-VERA = VeraVariant()
-register_adapter_type("VERA", VeraConfig)
+VERA = VeraType()

@@ -1,7 +1,6 @@
-"""Adapter arithmetic as pure tensor math (named apart from ``lorakit.merge``, the function that
-folds adapters into the base): combining full updates ``dW_i = s_i * B_i @ A_i`` and
-factoring the result back into a low-rank pair. No module here touches a model (see
-``lorakit.combine`` for that).
+"""The math of ``lorakit.combine`` (adapter arithmetic), as pure tensor functions: combining
+full updates ``dW_i = s_i * B_i @ A_i`` and factoring the result back into a low-rank pair. No
+module here touches a model (``lorakit.combine`` does that).
 
 Combination rules over updates ``d_i`` (any shape) with weights ``w_i`` (PEFT's definitions,
 ``peft.utils.merge_utils``):

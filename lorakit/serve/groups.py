@@ -31,6 +31,7 @@ from torch import nn
 
 from lorakit.fast.groups import shared_inputs
 from lorakit.layers import LoraLayer
+from lorakit.serve import packed
 
 
 class SlotGroup:
@@ -49,6 +50,8 @@ class SlotGroup:
             w.data = ext[row: row + w.shape[0]]
             row += w.shape[0]
         self.ext = ext
+        # the stacked base rows prepacked for oneDNN (bf16 only; None: F.linear on them)
+        self.packed = packed.pack(ext[: self.width])
         self.b_blk = weights[0].new_zeros(self.width, m * rank)
         self.region: int | None = None  # slot whose factors the A rows / b_blk hold
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -81,22 +84,30 @@ class SlotGroup:
         self.pending = {j: (x, out) for j, out in enumerate(outs) if j != index}
         return outs[index]
 
+    def _base(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` for the stacked base rows ``W`` (prepacked where available)."""
+        return F.linear(x, self.ext[: self.width]) if self.packed is None else self.packed(x)
+
     def _compute(self, x: torch.Tensor) -> torch.Tensor:
         targeted = [layer.per_row_adapters is not None for layer in self.layers]
         pool = self.pool
         if not any(targeted):
-            return F.linear(x, self.ext[: self.width])
+            return self._base(x)
         if pool.only is not None:
             if self.region != pool.only:
                 self.load_region(pool.only)
-            y_ext = F.linear(x, self.ext)
-            flat = y_ext.reshape(-1, y_ext.shape[-1])
-            h = flat[:, self.width:]
+            if self.packed is None:  # one GEMM over base and A rows
+                y_ext = F.linear(x, self.ext)
+                flat = y_ext.reshape(-1, y_ext.shape[-1])
+                base, h = flat[:, : self.width], flat[:, self.width:]
+            else:  # the packed base rows, then the (small, often switched) A rows on their own
+                base = self.packed(x).reshape(-1, self.width)
+                h = F.linear(x, self.ext[self.width:]).reshape(-1, self.ext.shape[0] - self.width)
             if pool.base_rows is not None:  # base-only rows of the batch get no update (exact 0)
                 h = h.reshape(pool.slot.shape[0], -1, h.shape[-1]).index_fill_(0, pool.base_rows, 0).reshape(h.shape)
-            y = torch.addmm(flat[:, : self.width], h, self.b_blk.t())
+            y = torch.addmm(base, h, self.b_blk.t())
             return y.reshape(*x.shape[:-1], self.width)
-        y = F.linear(x, self.ext[: self.width])
+        y = self._base(x)
         if len(self.layers) == 1:
             return pool.add_to(self.layers[0], x, y)
         outs = y.split(self.outs, dim=-1)
@@ -121,7 +132,11 @@ class GroupHook:
 
 
 def build_groups(pool, model: nn.Module, layers: dict[str, LoraLayer], dtype: torch.dtype) -> list[SlotGroup]:
-    """Group the pool's layers that share an input (one forward on three tokens finds them)."""
+    """Group the pool's layers that share an input (one forward on three tokens finds them),
+    and prepack the output head's weight (``packed.pack_output_head``; bf16 only), the step's
+    widest GEMM, which the pool does not wrap."""
+    packed.pack_output_head(model)
+
     def groupable(layer: LoraLayer) -> bool:
         base = layer.base_layer
         return type(base) is nn.Linear and base.bias is None and base.weight.dtype == dtype

@@ -75,9 +75,12 @@ def next_tokens(logits: torch.Tensor, params: list[SamplingParams],
                 generators: list[torch.Generator]) -> list[int]:
     """Next token of each row of ``logits [rows, vocab]``; greedy rows share one argmax. A row
     whose maximum is not finite (a NaN, +inf, or nothing but -inf: the model overflowed) gets
-    -1, whatever its sampling; that check reuses the argmax's values, so it costs nothing."""
-    logits = logits.float()
+    -1, whatever its sampling; that check reuses the argmax's values, so it costs nothing.
+
+    The argmax runs on the logits' own dtype: widening bf16/fp16 to fp32 is exact and keeps
+    the order, so it picks the same token (the first of equal maxima) without converting the
+    ``[rows, vocab]`` block; only sampled rows are converted, one row each."""
     top, greedy = logits.max(-1)
     tokens = greedy.masked_fill_(~torch.isfinite(top), -1).tolist()
-    return [tok if p.greedy or tok < 0 else sample_row(logits[i], p, generators[i], top[i])
+    return [tok if p.greedy or tok < 0 else sample_row(logits[i].float(), p, generators[i], top[i].float())
             for i, (p, tok) in enumerate(zip(params, tokens))]

@@ -4,6 +4,7 @@ unknown types. Every error names the offending thing and leaves no file behind."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -181,3 +182,18 @@ def test_cli_error_is_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("lorakit export: error: not an adapter directory")
     assert "Traceback" not in proc.stderr
+
+
+def test_adapter_trained_on_the_embedded_model_exports_onto_it(tmp_path):
+    """`lorakit train` records the embedded SmolLM2's Hub id as the base; the export maps it
+    (and the converted cache directory) back to the embedded model, whose GGUF llama.cpp runs."""
+    from lorakit.export.source import resolve_base
+    from lorakit.models import cache_dir
+    from lorakit.train.build import base_model_id
+
+    for recorded in (base_model_id("smollm2-135m-instruct"), str(cache_dir() / "smollm2-135m-instruct")):
+        (tmp_path / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"],
+             "base_model_name_or_path": recorded}))
+        assert resolve_base(tmp_path, None) == "smollm2-135m-instruct", recorded
+    assert resolve_base(tmp_path, "other/model") == "other/model"

@@ -72,18 +72,30 @@ def llama_greedy(model_path: Path, prompts: list[list[int]], max_tokens: int,
 
 
 @torch.no_grad()
-def lorakit_greedy(model, prompts: list[list[int]], max_tokens: int, eos_ids: set[int]) -> list[list[int]]:
-    """Greedy continuations from a torch causal LM, one prompt at a time (no padding),
-    stopping at any of ``eos_ids`` (excluded) or after ``max_tokens``."""
-    out = []
-    for prompt in prompts:
-        ids = torch.tensor([prompt])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                             do_sample=False, eos_token_id=sorted(eos_ids),
-                             pad_token_id=sorted(eos_ids)[0])
-        tokens = gen[0, len(prompt):].tolist()
-        cut = next((i for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
-        out.append(tokens[:cut])
+def lorakit_greedy(model, prompts: list[list[int]], max_tokens: int, eos_ids: set[int],
+                   batch_size: int = 8) -> list[list[int]]:
+    """Greedy continuations from a torch causal LM, stopping at any of ``eos_ids`` (excluded)
+    or after ``max_tokens``; ``result[k]`` belongs to ``prompts[k]``.
+
+    Prompts of similar length are decoded together, left-padded with an attention mask (greedy
+    decoding makes the tokens independent of the batch up to float rounding); ``batch_size=1``
+    decodes one prompt at a time without padding."""
+    stops = sorted(eos_ids)
+    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(prompts[k]) for k in chunk)
+        ids = torch.full((len(chunk), width), stops[0], dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, k in enumerate(chunk):
+            ids[row, width - len(prompts[k]):] = torch.tensor(prompts[k])
+            mask[row, width - len(prompts[k]):] = 1
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=max_tokens, do_sample=False,
+                             eos_token_id=stops, pad_token_id=stops[0], temperature=None,
+                             top_p=None, top_k=None)
+        for k, row in zip(chunk, gen[:, width:].tolist()):
+            out[k] = row[:next((i for i, t in enumerate(row) if t in eos_ids), len(row))]
     return out
 
 

@@ -35,16 +35,21 @@ class Source:
 
 def resolve_base(adapter_dir: Path, base: str | None) -> str:
     """The base to export onto: ``base`` or the adapter's ``base_model_name_or_path``, with
-    the converted cache directory of an embedded model mapped back to its name."""
+    an embedded model's converted cache directory or Hub id mapped back to its name.
+
+    ``lorakit train`` on the embedded SmolLM2 records its Hub id
+    (``HuggingFaceTB/SmolLM2-135M-Instruct``, so other tools find a base), but the adapter was
+    trained on the weights dequantized from the embedded Q4_1 GGUF: those, and that GGUF as
+    llama.cpp's base, are what it exports onto (``--model`` names another base)."""
     from lorakit.config import load_config
-    from lorakit.models import EMBEDDED, cache_dir
+    from lorakit.models import EMBEDDED, EMBEDDED_HUB_IDS, cache_dir
 
     if base is None:
         base = load_config(adapter_dir).base_model_name_or_path
         if not base:
             raise ValueError(f"{adapter_dir}: adapter_config.json names no base model; pass --model")
     for name in EMBEDDED:
-        if Path(base) == cache_dir() / name:
+        if Path(base) == cache_dir() / name or base == EMBEDDED_HUB_IDS.get(name):
             return name
     return base
 

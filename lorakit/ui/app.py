@@ -15,6 +15,7 @@
     GET  /api/evals/{id}            that job's state
     GET  /api/compare               every eval report, grouped by data file
     POST /api/chat                  {runs, base, prompt, ...}: answers side by side (server-sent events)
+    POST /api/runs/{name}/export    {to, outtype, ...}: `lorakit export` of a finished run (export_actions)
 
 Errors are JSON ``{"error": reason}`` with a 4xx status; no traceback reaches the client. With a
 token set, every ``/api`` call except health needs ``Authorization: Bearer TOKEN``.
@@ -38,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lorakit.serve.sampling import SamplingParams
 from lorakit.train.config_io import to_yaml
 from lorakit.ui.chat import MAX_ADAPTERS, ChatColumn, ChatHub, event_json
+from lorakit.ui.export_actions import register_export_routes
 from lorakit.ui.forms import config_from_form, form_fields
 from lorakit.ui.jobs import Jobs
 from lorakit.ui.runs import RunError, Runs
@@ -174,6 +176,7 @@ def create_app(runs_dir: str | Path, token: str = "", cwd: str | Path | None = N
             raise RunError(422, str(err)) from None
         return StreamingResponse(_sse(columns, first, events), media_type="text/event-stream")
 
+    register_export_routes(app, runs, cwd)   # /api/runs/{name}/export(s), /api/exports/{id}
     return app
 
 

@@ -19,7 +19,7 @@
   async function mount(name) {
     const enc = encodeURIComponent(name);
     const box = h("section", {id: "export-box"}, h("h2", {}, "Export"));
-    const list = h("ul", {id: "export-list"}), report = h("pre", {id: "export-report", class: "log"});
+    const list = h("ul", {id: "export-list"}), report = h("pre", {id: "export-report", class: "export-report"});
     const anchor = document.querySelector("#main .buttons");
     if (!anchor || document.getElementById("export-box")) return;
     anchor.after(box);

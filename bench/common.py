@@ -6,6 +6,7 @@ this module as ``common``.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -51,3 +52,9 @@ def saved_bytes(loss_fn, model, *args) -> int:
     loss.backward()
     model.zero_grad(set_to_none=True)
     return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def write_results(path: Path, payload: dict) -> None:
+    """Write a benchmark's JSON result (parent directories created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import os
 import random
@@ -355,7 +354,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
-    from common import machine_info
+    from common import machine_info, write_results
     from serve import SHAPES, prompts, write_adapters
     from vllm_side import VLLM_VERSION, VllmUnavailable, find_or_install, runtime_env
 
@@ -426,11 +425,6 @@ def main(argv=None) -> None:
                "table": text}
     write_results(args.out, payload)
     print(f"wrote {args.out}")
-
-
-def write_results(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

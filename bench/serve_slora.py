@@ -39,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serve_http import ROOT, ServerProcess, drive, free_port, lorakit_command, percentile, summarize, write_results
+from serve_http import ROOT, ServerProcess, drive, free_port, lorakit_command, percentile, summarize
 
 RESULTS = Path(__file__).parent / "results" / "serve_slora.json"
 TRACES = ("one", "uniform", "zipf")
@@ -216,7 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from common import machine_info
+    from common import machine_info, write_results
     from serve import prompts
 
     from lorakit.models import load_tokenizer

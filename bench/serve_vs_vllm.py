@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import roofline
 import torch
-from common import machine_info
+from common import machine_info, write_results
 from serve import SHAPES, prompts, run_engine, write_adapters
 from vllm_side import DEFAULT_VENV, VLLM_VERSION, VllmUnavailable, VllmWorker, WorkerSpec, find_or_install
 
@@ -271,11 +270,6 @@ def main(argv: list[str] | None = None) -> None:
                                         f"--rounds {args.rounds}" + (f" --profile {args.profile}" if args.profile else ""),
                              "table": text})
     print(f"wrote {args.out}")
-
-
-def write_results(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

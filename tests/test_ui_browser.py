@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,22 +58,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ui(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("ui-browser") / "runs"
-    files = make_runs(root, tiny_model_dir)
+@contextmanager
+def dashboard(root: Path):
+    """``lorakit ui`` on ``root`` in a uvicorn thread on a free port: yields (app, url)."""
     app = create_app(root, cwd=root.parent)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 30, "the dashboard to start")
-    yield {"url": f"http://127.0.0.1:{port}/", "root": root, "app": app, "model": tiny_model_dir, **files}
-    if app.state.runs.status("live") in ("running", "stopping"):
-        (root / "live" / "STOP").touch()
-    app.state.jobs.wait("live", timeout=60)
-    server.should_exit = True
-    thread.join(30)
+    try:
+        wait_for(lambda: server.started, 30, "the dashboard to start")
+        yield app, f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("ui-browser") / "runs"
+    files = make_runs(root, tiny_model_dir)
+    with dashboard(root) as (app, url):
+        yield {"url": url, "root": root, "app": app, "model": tiny_model_dir, **files}
+        if app.state.runs.status("live") in ("running", "stopping"):
+            (root / "live" / "STOP").touch()
+        app.state.jobs.wait("live", timeout=60)
 
 
 @pytest.fixture(scope="module")

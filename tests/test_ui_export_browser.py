@@ -5,34 +5,24 @@ a stopped run's buttons are disabled. Skips loudly like tests/test_ui_browser.py
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 
-from tests.test_ui_browser import CHROMIUM, FLAGS, READY, _free_port  # skips the module loudly without a browser
+from tests.test_ui_browser import CHROMIUM, FLAGS, READY, dashboard  # skips the module loudly without a browser
 
-import uvicorn  # noqa: E402
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from lorakit.ui.app import create_app  # noqa: E402
 from tests.test_train_fixtures import one_thread, tiny_model_dir, tokenizer  # noqa: E402,F401
-from tests.ui_support import make_runs, wait_for  # noqa: E402
+from tests.ui_support import make_runs  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("ui-export-browser") / "runs"
     make_runs(root, tiny_model_dir)
-    app = create_app(root, cwd=root.parent)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 30, "the dashboard to start")
-    yield {"url": f"http://127.0.0.1:{port}/", "root": root}
-    server.should_exit = True
-    thread.join(30)
+    with dashboard(root) as (_app, url):
+        yield {"url": url, "root": root}
 
 
 def test_export_buttons_run_the_export_and_show_its_report(ui, tmp_path_factory):

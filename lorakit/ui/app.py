@@ -42,7 +42,7 @@ from lorakit.ui.chat import MAX_ADAPTERS, ChatColumn, ChatHub, event_json
 from lorakit.ui.export_actions import register_export_routes
 from lorakit.ui.forms import config_from_form, form_fields
 from lorakit.ui.jobs import Jobs
-from lorakit.ui.runs import RunError, Runs
+from lorakit.ui.runs import RunError, Runs, json_body
 
 STATIC = Path(__file__).parent / "static"
 log = logging.getLogger("lorakit.ui")
@@ -81,7 +81,7 @@ def create_app(runs_dir: str | Path, token: str = "", cwd: str | Path | None = N
 
     @app.post("/api/preview")
     async def preview(request: Request):
-        body = await _body(request)
+        body = await json_body(request)
         cfg = config_from_form(body.get("values", {}), str(runs.root / "preview"))
         from lorakit.train.preview import preview as data_preview
 
@@ -97,7 +97,7 @@ def create_app(runs_dir: str | Path, token: str = "", cwd: str | Path | None = N
 
     @app.post("/api/runs")
     async def new_run(request: Request):
-        body = await _body(request)
+        body = await json_body(request)
         name = body.get("name")
         path = runs.path(name, must_exist=False)
         cfg = config_from_form(body.get("values", {}), str(path))
@@ -136,7 +136,7 @@ def create_app(runs_dir: str | Path, token: str = "", cwd: str | Path | None = N
 
     @app.post("/api/evals")
     async def start_eval(request: Request):
-        body = await _body(request)
+        body = await json_body(request)
         names = body.get("runs")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise RunError(422, "runs must be a list of run names")
@@ -155,7 +155,7 @@ def create_app(runs_dir: str | Path, token: str = "", cwd: str | Path | None = N
 
     @app.post("/api/chat")
     async def chat_stream(request: Request):
-        body = await _body(request)
+        body = await json_body(request)
         model, columns = _chat_columns(runs, body)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
@@ -235,16 +235,6 @@ def _compare_groups(reports: list[dict]) -> list[dict]:
             group["columns"].append({"label": rep["run"], "metrics": results["adapter"],
                                      "examples": examples.get("adapter", [])})
     return list(groups.values())
-
-
-async def _body(request: Request) -> dict:
-    try:
-        body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunError(400, f"request body is not valid JSON ({err})") from None
-    if not isinstance(body, dict):
-        raise RunError(400, "request body must be a JSON object")
-    return body
 
 
 def _install_guards(app: FastAPI, token: str) -> None:

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 
 from lorakit.export.run import HF_DTYPES, LORA_OUTTYPES, report_path
 from lorakit.formats.gguf import OUTTYPES
-from lorakit.ui.runs import RunError, Runs
+from lorakit.ui.runs import RunError, Runs, json_body
 
 __all__ = ["ACTIONS", "Exports", "register_export_routes"]
 
@@ -144,12 +144,7 @@ def register_export_routes(app: FastAPI, runs: Runs, cwd: str | Path | None = No
 
     @app.post("/api/runs/{name}/export")
     async def start_export(name: str, request: Request):
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RunError(400, f"request body is not valid JSON ({err})") from None
-        if not isinstance(body, dict):
-            raise RunError(400, "request body must be a JSON object")
+        body = await json_body(request)
         unknown = sorted(set(body) - {"to", "outtype", "overwrite", "check_prompts"})
         if unknown:
             raise RunError(422, f"unknown field(s) {unknown}; known: to, outtype, overwrite, check_prompts")

@@ -48,6 +48,17 @@ class RunError(Exception):
         self.status = status
 
 
+async def json_body(request) -> dict:
+    """The JSON object a dashboard request carries; 400 with the reason when it is not one."""
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunError(400, f"request body is not valid JSON ({err})") from None
+    if not isinstance(body, dict):
+        raise RunError(400, "request body must be a JSON object")
+    return body
+
+
 @dataclass
 class RunSummary:
     name: str
